@@ -1,0 +1,292 @@
+//! One TCP connection: the nickname prompt, then a loop that reads lines, writes replies and
+//! drains the session's event queue.
+//!
+//! A single task does all of it, so an idle connection costs one small task and no buffers: the
+//! read buffer is allocated only while bytes are waiting to be decoded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::{AnyDelimiterCodec, Decoder};
+use tokio_util::sync::CancellationToken;
+
+use super::Settings;
+use crate::core::hub::Inbox;
+use crate::core::model::{Broadcast, ChatMessage, Event};
+use crate::core::{Chat, Error, Reply, Session, Transport};
+use crate::telemetry::metric;
+
+/// Chat messages one connection may have waiting for their commit; past that it stops reading,
+/// which pushes back on the client through TCP.
+const MAX_IN_FLIGHT: usize = 64;
+/// Events written per batch (one `write` call).
+const WRITE_BATCH: usize = 256;
+/// How much to read at a time.
+const READ_CHUNK: usize = 4096;
+/// How long the drain notice may take to reach a client that is not reading.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A line as read: its bytes, or the news that it was longer than allowed (and was skipped).
+type Line = Result<Bytes, LineTooLong>;
+struct LineTooLong;
+
+/// Why the connection ends.
+enum End {
+    /// The client left, broke the connection, or asked to quit.
+    Client,
+    /// The client did not read fast enough; already counted where it was detected.
+    TooSlow,
+    Shutdown,
+}
+
+struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    codec: AnyDelimiterCodec,
+    max_line_bytes: usize,
+    shutdown: CancellationToken,
+    too_slow: CancellationToken,
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    chat: Arc<Chat>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    let (mut session, inbox) = chat.open(Transport::Tcp);
+    let mut conn = Connection {
+        stream,
+        read_buf: BytesMut::new(),
+        // +1 leaves room for the CR of a CRLF line of exactly MAX_LINE_BYTES.
+        codec: AnyDelimiterCodec::new_with_max_length(
+            b"\n".to_vec(),
+            Vec::new(),
+            settings.max_line_bytes + 1,
+        ),
+        max_line_bytes: settings.max_line_bytes,
+        shutdown,
+        too_slow: inbox.too_slow.clone(),
+    };
+    let end = match tokio::time::timeout(
+        settings.nick_timeout,
+        conn.prompt_nickname(&chat, &mut session),
+    )
+    .await
+    {
+        Ok(Ok(())) => conn.chat_loop(&chat, &mut session, inbox).await,
+        Ok(Err(end)) => end,
+        Err(_elapsed) => {
+            metrics::counter!(metric::DROPPED, "reason" => "nick_timeout").increment(1);
+            let _ = conn
+                .write(b"\nError: Timed out waiting for a nickname\n")
+                .await;
+            End::Client
+        }
+    };
+    if let End::Shutdown = end {
+        let notice = Broadcast::new(Event::Notice("Server restarting, please reconnect".into()));
+        let _ = tokio::time::timeout(NOTICE_TIMEOUT, conn.stream.write_all(notice.line())).await;
+    }
+    let _ = conn.stream.shutdown().await;
+    chat.close(session).await;
+}
+
+impl Connection {
+    async fn prompt_nickname(&mut self, chat: &Chat, session: &mut Session) -> Result<(), End> {
+        self.write(b"Welcome to Baby Discord!\nEnter your nickname: ")
+            .await?;
+        let shutdown = self.shutdown.clone();
+        loop {
+            let line = tokio::select! {
+                _ = shutdown.cancelled() => return Err(End::Shutdown),
+                line = self.read_line() => line?,
+            };
+            let result = match line {
+                Ok(bytes) => chat.login(session, &String::from_utf8_lossy(&bytes)).await,
+                Err(LineTooLong) => Err(Error::LineTooLong),
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    self.write(format!("Error: {e}\nEnter your nickname: ").as_bytes())
+                        .await?
+                }
+            }
+        }
+        let nick = session.nick().map(|n| n.to_string()).unwrap_or_default();
+        self.write(format!("Welcome, {nick}!\nType /help for available commands.\n").as_bytes())
+            .await
+    }
+
+    async fn chat_loop(&mut self, chat: &Chat, session: &mut Session, mut inbox: Inbox) -> End {
+        let mut events = Vec::with_capacity(WRITE_BATCH);
+        let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
+            FuturesOrdered::new();
+        let (shutdown, too_slow) = (self.shutdown.clone(), self.too_slow.clone());
+        loop {
+            let step = tokio::select! {
+                // Events first: a busy room must not be starved by a client that keeps typing.
+                biased;
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = too_slow.cancelled() => Err(End::TooSlow),
+                _ = inbox.rx.recv_many(&mut events, WRITE_BATCH) => self.write_events(session, &mut events).await,
+                Some(acked) = in_flight.next() => match acked {
+                    Ok(_) => Ok(()),
+                    Err(e) => self.write_error(session, &e).await,
+                },
+                line = self.read_line(), if in_flight.len() < MAX_IN_FLIGHT => match line {
+                    Ok(line) => self.handle(chat, session, line, &mut in_flight, &mut inbox).await,
+                    Err(end) => Err(end),
+                },
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        chat: &Chat,
+        session: &mut Session,
+        line: Line,
+        in_flight: &mut FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>>,
+        inbox: &mut Inbox,
+    ) -> Result<(), End> {
+        let bytes = match line {
+            Ok(bytes) => bytes,
+            Err(LineTooLong) => return self.write_error(session, &Error::LineTooLong).await,
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        // A command runs, and is answered, after every message typed before it has been stored
+        // and echoed: the echo is queued before the ack resolves, so draining the inbox after the
+        // acks shows it first.
+        if text.trim_start().starts_with('/') && !in_flight.is_empty() {
+            while let Some(acked) = in_flight.next().await {
+                if let Err(e) = acked {
+                    self.write_error(session, &e).await?;
+                }
+            }
+            let mut events = Vec::new();
+            while let Ok(event) = inbox.rx.try_recv() {
+                events.push(event);
+            }
+            self.write_events(session, &mut events).await?;
+        }
+        match chat.handle(session, &text).await {
+            Ok(Reply::Nothing) => Ok(()),
+            Ok(Reply::Sent(ack)) => {
+                in_flight.push_back(Box::pin(ack.committed()));
+                Ok(())
+            }
+            Ok(Reply::Text(text)) => self.write(format!("{text}\n").as_bytes()).await,
+            Ok(Reply::Quit(text)) => {
+                self.write(format!("{text}\n").as_bytes()).await?;
+                Err(End::Client)
+            }
+            Err(e) => self.write_error(session, &e).await,
+        }
+    }
+
+    async fn write_error(&mut self, session: &Session, error: &Error) -> Result<(), End> {
+        if let Error::Store(_) | Error::Bus(_) = error {
+            let cause = std::error::Error::source(error)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            tracing::warn!(session = %session.id, %cause, "request failed");
+        }
+        self.write(format!("Error: {error}\n").as_bytes()).await
+    }
+
+    /// Writes a batch of queued events in one call, skipping those the session no longer wants.
+    async fn write_events(
+        &mut self,
+        session: &mut Session,
+        events: &mut Vec<Arc<Broadcast>>,
+    ) -> Result<(), End> {
+        let mut out = Vec::new();
+        let mut accepted_at = Vec::new();
+        for event in events.drain(..).filter(|e| session.admit(&e.event)) {
+            if let Event::Message(m) = &event.event {
+                accepted_at.push(m.created_at);
+            }
+            out.extend_from_slice(event.line());
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.write(&out).await?;
+        let now = OffsetDateTime::now_utc();
+        metrics::counter!(metric::DELIVERIES, "transport" => "tcp")
+            .increment(accepted_at.len() as u64);
+        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
+        for accepted in accepted_at {
+            latency.record((now - accepted).as_seconds_f64().max(0.0));
+        }
+        Ok(())
+    }
+
+    /// Writes bytes unless the connection is being stopped meanwhile (shutdown, or too slow: a
+    /// client that stopped reading must not hold this task in a write forever).
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        tokio::select! {
+            written = self.stream.write_all(bytes) => written.map_err(|_| End::Client),
+            _ = self.shutdown.cancelled() => Err(End::Shutdown),
+            _ = self.too_slow.cancelled() => Err(End::TooSlow),
+        }
+    }
+
+    /// The next line, without its line ending. Cancel-safe: all state lives in `self`.
+    async fn read_line(&mut self) -> Result<Line, End> {
+        loop {
+            match self.codec.decode(&mut self.read_buf) {
+                Ok(Some(line)) => return Ok(self.check_length(strip_cr(line))),
+                Ok(None) => {}
+                Err(_too_long) => return Ok(Err(LineTooLong)),
+            }
+            if self.read_buf.is_empty() {
+                // Give the buffer back while idle; most connections are idle most of the time.
+                self.read_buf = BytesMut::new();
+            }
+            self.stream.readable().await.map_err(|_| End::Client)?;
+            self.read_buf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.read_buf) {
+                Ok(0) => {
+                    // End of input: a last line without a newline still counts.
+                    return match self.codec.decode_eof(&mut self.read_buf) {
+                        Ok(Some(line)) if !line.is_empty() => Ok(self.check_length(strip_cr(line))),
+                        _ => Err(End::Client),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(End::Client),
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// The codec allows one byte more than MAX_LINE_BYTES for a CR; the line itself may not.
+    fn check_length(&self, line: Bytes) -> Line {
+        if line.len() > self.max_line_bytes {
+            return Err(LineTooLong);
+        }
+        Ok(line)
+    }
+}
+
+fn strip_cr(line: Bytes) -> Bytes {
+    match line.last() {
+        Some(b'\r') => line.slice(..line.len() - 1),
+        _ => line,
+    }
+}

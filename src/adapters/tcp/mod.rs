@@ -1,0 +1,106 @@
+//! The netcat adapter: a TCP listener speaking the line protocol of SPEC §3.
+//!
+//! Admission happens here, before a connection costs anything: a per-pod connect-rate limit sheds
+//! reconnect storms and a semaphore caps open connections at MAX_CONNECTIONS.
+
+mod connection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::core::Chat;
+use crate::telemetry::metric;
+
+/// What each connection needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_line_bytes: usize,
+    pub nick_timeout: Duration,
+}
+
+pub struct TcpServer {
+    listener: TcpListener,
+    chat: Arc<Chat>,
+    settings: Arc<Settings>,
+    slots: Arc<Semaphore>,
+    connect_rate: DefaultDirectRateLimiter,
+}
+
+impl TcpServer {
+    pub fn new(listener: TcpListener, chat: Arc<Chat>, config: &Config) -> Self {
+        TcpServer {
+            listener,
+            chat,
+            settings: Arc::new(Settings {
+                max_line_bytes: config.max_line_bytes,
+                nick_timeout: config.nick_timeout(),
+            }),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            connect_rate: DefaultDirectRateLimiter::direct(Quota::per_second(
+                config.connect_rate_per_sec,
+            )),
+        }
+    }
+
+    /// Accepts until `shutdown`; each connection runs as a task on `tracker` and ends on
+    /// `shutdown` too, after telling its user.
+    pub async fn serve(self, tracker: TaskTracker, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning on it.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.connect_rate.check().is_err() {
+                refuse(
+                    &stream,
+                    "connect_rate",
+                    "Error: Too many connections, try again later\n",
+                );
+                continue;
+            }
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                refuse(&stream, "server_full", "Error: Server is full\n");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = connection::serve(
+                stream,
+                self.chat.clone(),
+                self.settings.clone(),
+                shutdown.clone(),
+            );
+            let span = tracing::info_span!("tcp", %peer);
+            tracker.spawn(
+                async move {
+                    connection.await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+/// Tells a refused client why, without waiting on it: a fresh socket's send buffer is empty, so
+/// the line fits or the client gets nothing. Then the socket is closed.
+fn refuse(stream: &TcpStream, reason: &'static str, line: &str) {
+    metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
+    let _ = stream.try_write(line.as_bytes());
+}

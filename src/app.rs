@@ -1,0 +1,119 @@
+//! Wiring: picks the Store and Bus the configuration asks for, binds the listeners, and runs
+//! everything until the shutdown token is cancelled, then drains in a fixed order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::tcp::TcpServer;
+use crate::bus::{Bus, local::LocalBus};
+use crate::config::Config;
+use crate::core::Chat;
+use crate::core::commit::Committer;
+use crate::core::hub::Hub;
+use crate::store::{Store, memory::MemoryStore};
+use crate::telemetry;
+
+/// The most messages stored in one group-commit round trip.
+const MAX_COMMIT_BATCH: usize = 512;
+
+pub struct App {
+    config: Config,
+    chat: Arc<Chat>,
+    commit_task: futures::future::BoxFuture<'static, ()>,
+    tcp: TcpServer,
+    tcp_addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Builds the service and binds its listeners (port 0 picks a free port, as tests do).
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let hub = Arc::new(Hub::new(config.history_size));
+        let store: Arc<dyn Store> = match &config.database_url {
+            Some(_) => {
+                anyhow::bail!("DATABASE_URL is set, but this build has no PostgreSQL store yet")
+            }
+            None => {
+                tracing::info!("DATABASE_URL unset: storing in memory; nothing survives a restart");
+                Arc::new(MemoryStore::new(config.retention_per_room))
+            }
+        };
+        let bus: Arc<dyn Bus> = match &config.valkey_url {
+            Some(_) => anyhow::bail!("VALKEY_URL is set, but this build has no Valkey bus yet"),
+            None => {
+                tracing::info!("VALKEY_URL unset: in-process bus; run a single replica only");
+                Arc::new(LocalBus::new(hub.clone()))
+            }
+        };
+        let (committer, commit_task) =
+            Committer::start(store.clone(), bus.clone(), MAX_COMMIT_BATCH);
+        let chat = Arc::new(Chat::new(store, bus, hub, committer, config.limits()));
+
+        let tcp_listener = TcpListener::bind((config.bind_address, config.tcp_port))
+            .await
+            .with_context(|| format!("binding the TCP port {}", config.tcp_port))?;
+        let tcp_addr = tcp_listener.local_addr()?;
+        let tcp = TcpServer::new(tcp_listener, chat.clone(), &config);
+        tracing::info!(tcp = %tcp_addr, "listening");
+        Ok(App {
+            config,
+            chat,
+            commit_task: Box::pin(commit_task),
+            tcp,
+            tcp_addr,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Cancelling this token starts the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then: stop accepting → tell every client and
+    /// close it → flush pending writes → return, or give up after SHUTDOWN_GRACE_SECS.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App {
+            config,
+            chat,
+            commit_task,
+            tcp,
+            shutdown,
+            ..
+        } = self;
+        let tracker = TaskTracker::new();
+        tracker.spawn(commit_task);
+        tracker.spawn(telemetry::run_metrics_upkeep(
+            telemetry::metrics_handle(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(tcp.serve(tracker.clone(), shutdown.clone()));
+
+        shutdown.cancelled().await;
+        tracing::info!(grace = ?config.shutdown_grace(), "draining");
+        tracker.close();
+        // The commit task ends once every handle to it is gone: connections drop theirs as they
+        // close, this is the last, and then it flushes what is queued.
+        drop(chat);
+        if tokio::time::timeout(config.shutdown_grace(), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "drain ran past the grace period; exiting anyway"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Configuration: built-in defaults < an optional TOML file (`CONFIG_FILE`) < environment
+//! variables, with the names of SPEC §6. A bad value stops start-up with one line naming the
+//! setting.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Limits;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The address both listeners bind; tests use 127.0.0.1.
+    pub bind_address: IpAddr,
+    pub tcp_port: u16,
+    pub http_port: u16,
+    pub instance_id: String,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub history_size: usize,
+    pub max_line_bytes: usize,
+    pub max_message_chars: usize,
+    pub rate_limit_per_sec: NonZeroU32,
+    pub rate_limit_burst: NonZeroU32,
+    pub send_queue_lines: usize,
+    pub max_connections: usize,
+    pub connect_rate_per_sec: NonZeroU32,
+    pub nick_timeout_secs: u64,
+    pub session_idle_timeout_secs: u64,
+    pub presence_ttl_secs: u64,
+    pub retention_per_room: usize,
+    pub shutdown_grace_secs: u64,
+    pub db_pool_size: u32,
+    pub db_acquire_timeout_secs: u64,
+    pub database_url: Option<String>,
+    pub valkey_url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            tcp_port: 9001,
+            http_port: 3001,
+            instance_id: hostname(),
+            log_level: "info".into(),
+            log_format: LogFormat::Pretty,
+            history_size: 10,
+            max_line_bytes: 4096,
+            max_message_chars: 2000,
+            rate_limit_per_sec: NonZeroU32::new(20).expect("non-zero"),
+            rate_limit_burst: NonZeroU32::new(40).expect("non-zero"),
+            send_queue_lines: 1024,
+            max_connections: 10_000,
+            connect_rate_per_sec: NonZeroU32::new(1000).expect("non-zero"),
+            nick_timeout_secs: 60,
+            session_idle_timeout_secs: 1800,
+            presence_ttl_secs: 30,
+            retention_per_room: 10_000,
+            shutdown_grace_secs: 20,
+            db_pool_size: 16,
+            db_acquire_timeout_secs: 2,
+            database_url: None,
+            valkey_url: None,
+        }
+    }
+}
+
+/// The environment variables read, besides `CONFIG_FILE`; each maps to the field of that name.
+const ENV_KEYS: &[&str] = &[
+    "BIND_ADDRESS",
+    "TCP_PORT",
+    "HTTP_PORT",
+    "INSTANCE_ID",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "HISTORY_SIZE",
+    "MAX_LINE_BYTES",
+    "MAX_MESSAGE_CHARS",
+    "RATE_LIMIT_PER_SEC",
+    "RATE_LIMIT_BURST",
+    "SEND_QUEUE_LINES",
+    "MAX_CONNECTIONS",
+    "CONNECT_RATE_PER_SEC",
+    "NICK_TIMEOUT_SECS",
+    "SESSION_IDLE_TIMEOUT_SECS",
+    "PRESENCE_TTL_SECS",
+    "RETENTION_PER_ROOM",
+    "SHUTDOWN_GRACE_SECS",
+    "DB_POOL_SIZE",
+    "DB_ACQUIRE_TIMEOUT_SECS",
+    "DATABASE_URL",
+    "VALKEY_URL",
+];
+
+/// A configuration error, already worded as the one line start-up prints.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment())
+    }
+
+    fn figment() -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Ok(path) = std::env::var("CONFIG_FILE") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // RUST_LOG and REDIS_URL are accepted aliases; the SPEC names win when both are set.
+        figment
+            .merge(Env::raw().only(&["RUST_LOG"]).map(|_| "log_level".into()))
+            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "valkey_url".into()))
+            .merge(
+                Env::raw()
+                    .only(ENV_KEYS)
+                    .map(|k| k.as_str().to_ascii_lowercase().into()),
+            )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| {
+            let setting = e
+                .path
+                .last()
+                .map(|p| p.to_ascii_uppercase())
+                .unwrap_or_default();
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            ConfigError(format!("{setting}{from}: {}", e.kind))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("HISTORY_SIZE", self.history_size),
+            ("MAX_LINE_BYTES", self.max_line_bytes),
+            ("MAX_MESSAGE_CHARS", self.max_message_chars),
+            ("SEND_QUEUE_LINES", self.send_queue_lines),
+            ("MAX_CONNECTIONS", self.max_connections),
+            ("RETENTION_PER_ROOM", self.retention_per_room),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(ConfigError(format!("{name}: must be at least 1"))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_chars: self.max_message_chars,
+            rate_per_sec: self.rate_limit_per_sec,
+            rate_burst: self.rate_limit_burst,
+            send_queue: self.send_queue_lines,
+        }
+    }
+
+    pub fn nick_timeout(&self) -> Duration {
+        Duration::from_secs(self.nick_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The pod name in Kubernetes, the machine name elsewhere.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "baby-discord".into())
+}
+
+#[cfg(test)]
+// figment's Jail fixes the closure's error type; its size is not ours to choose.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn environment_overrides_toml_which_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("chat.toml", "tcp_port = 7000\nhttp_port = 7001\n")?;
+            jail.set_env("CONFIG_FILE", "chat.toml");
+            jail.set_env("HTTP_PORT", "8001");
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:6379");
+            let config = Config::load().expect("valid");
+            assert_eq!(config.tcp_port, 7000);
+            assert_eq!(config.http_port, 8001);
+            assert_eq!(config.history_size, 10);
+            assert_eq!(config.valkey_url.as_deref(), Some("redis://127.0.0.1:6379"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TCP_PORT", "ninety");
+            let error = Config::load().unwrap_err().to_string();
+            assert!(
+                error.starts_with("invalid configuration: TCP_PORT"),
+                "{error}"
+            );
+            jail.set_env("TCP_PORT", "9001");
+            jail.set_env("MAX_LINE_BYTES", "0");
+            assert_eq!(
+                Config::load().unwrap_err().to_string(),
+                "invalid configuration: MAX_LINE_BYTES: must be at least 1"
+            );
+            Ok(())
+        });
+    }
+}

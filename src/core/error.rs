@@ -1,0 +1,53 @@
+//! The core's one error type. Its `Display` is the user-facing text that follows `Error: ` on TCP
+//! and fills `"error"` in the HTTP envelope; adapters choose the framing and status, never the words.
+
+use super::names::NameError;
+use crate::bus::BusError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Unknown command: {0}. Type /help for available commands")]
+    UnknownCommand(String),
+    #[error("Missing argument. Usage: {0}")]
+    MissingArgument(&'static str),
+    #[error("{0}")]
+    InvalidName(#[from] NameError),
+    #[error("Nickname already in use: {0}")]
+    NicknameInUse(String),
+    #[error("Room already exists: {0}")]
+    RoomExists(String),
+    #[error("No such room: {0}")]
+    NoSuchRoom(String),
+    #[error("You are not in a room. Use /join <room> or /create <room>")]
+    NotInRoom,
+    #[error("User not found or offline: {0}")]
+    UnknownUser(String),
+    #[error("You cannot send a direct message to yourself")]
+    DmToSelf,
+    #[error("Message too long")]
+    MessageTooLong,
+    #[error("Rate limit exceeded")]
+    RateLimited,
+    #[error("Line too long")]
+    LineTooLong,
+    #[error("Server is full")]
+    ServerFull,
+    /// The store failed or is shedding load. The cause is logged where this becomes a reply.
+    #[error("Service temporarily unavailable")]
+    Store(#[from] StoreError),
+    /// The bus (presence, delivery between pods) failed.
+    #[error("Service temporarily unavailable")]
+    Bus(#[from] BusError),
+    /// The server is shutting down and no longer takes new work.
+    #[error("Server is shutting down")]
+    ShuttingDown,
+}
+
+// Tests compare errors by what the user would read.
+#[cfg(test)]
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}

@@ -1,0 +1,168 @@
+//! The values that flow through the core: rooms, stored chat messages and the events delivered to
+//! sessions. Events are shared (`Arc`) between receivers and render their text line once.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::names::{Nickname, RoomName};
+
+/// Identifies one connected session (a TCP connection or an HTTP session), cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub uuid::Uuid);
+
+impl SessionId {
+    pub fn random() -> Self {
+        SessionId(uuid::Uuid::new_v4())
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.simple().fmt(f)
+    }
+}
+
+pub type UserId = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Room {
+    pub id: i64,
+    pub name: RoomName,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A message accepted from a user, not yet stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room_id: i64,
+    pub room: RoomName,
+    pub user_id: UserId,
+    pub user: Nickname,
+    pub content: String,
+    /// When the server accepted it: the start of the delivery-latency measurement.
+    pub created_at: OffsetDateTime,
+}
+
+/// A message committed to the store, with its place (`seq`) in its room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub id: i64,
+    pub room: RoomName,
+    pub seq: i64,
+    pub user: Nickname,
+    pub content: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl ChatMessage {
+    pub fn stored(new: NewMessage, id: i64, seq: i64) -> Self {
+        ChatMessage {
+            id,
+            room: new.room,
+            seq,
+            user: new.user,
+            content: new.content,
+            created_at: new.created_at,
+        }
+    }
+}
+
+/// Something a session sees without having asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A chat message in a room.
+    Message(ChatMessage),
+    /// A room event (join, leave, rename), shown to the room's members except `about`.
+    Room {
+        room: RoomName,
+        text: String,
+        about: Option<SessionId>,
+    },
+    /// A direct message, as its recipient sees it.
+    Dm {
+        from: Nickname,
+        to: Nickname,
+        content: String,
+    },
+    /// A notice from the server itself.
+    Notice(String),
+}
+
+impl Event {
+    /// The line a TCP user reads (without line ending); `/api/command` replies use the same words.
+    pub fn text(&self) -> String {
+        match self {
+            Event::Message(m) => format!("[{}] {}: {}", m.room, m.user, m.content),
+            Event::Room { text, .. } | Event::Notice(text) => format!("[system] {text}"),
+            Event::Dm { from, content, .. } => format!("[DM from {from}] {content}"),
+        }
+    }
+}
+
+/// An event on its way to many receivers.
+///
+/// Shared by reference: a room of N members costs one allocation and one rendering per message,
+/// not N.
+#[derive(Debug)]
+pub struct Broadcast {
+    pub event: Event,
+    line: OnceLock<Bytes>,
+}
+
+impl Broadcast {
+    pub fn new(event: Event) -> Arc<Self> {
+        Arc::new(Broadcast {
+            event,
+            line: OnceLock::new(),
+        })
+    }
+
+    /// The event's text line with its LF, rendered by the first receiver that needs it.
+    pub fn line(&self) -> &Bytes {
+        self.line.get_or_init(|| {
+            let mut text = self.event.text();
+            text.push('\n');
+            Bytes::from(text)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_render_the_spec_line_formats() {
+        let nick = |n| Nickname::parse(n).unwrap();
+        let room = RoomName::parse("general").unwrap();
+        let msg = ChatMessage {
+            id: 1,
+            room: room.clone(),
+            seq: 1,
+            user: nick("alice"),
+            content: "Hello world!".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(Event::Message(msg).text(), "[general] alice: Hello world!");
+        let dm = Event::Dm {
+            from: nick("bob"),
+            to: nick("alice"),
+            content: "hi".into(),
+        };
+        assert_eq!(dm.text(), "[DM from bob] hi");
+        let joined = Event::Room {
+            room,
+            text: "bob joined general".into(),
+            about: None,
+        };
+        assert_eq!(
+            Broadcast::new(joined).line().as_ref(),
+            b"[system] bob joined general\n"
+        );
+    }
+}

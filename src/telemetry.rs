@@ -1,0 +1,119 @@
+//! Logs (tracing) and metrics (the `metrics` facade, exported in Prometheus format).
+//!
+//! Metric names are part of the contract (SPEC §7) and live here, described once, so that code
+//! and dashboards cannot drift apart silently.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+/// The names of every metric the server exports.
+pub mod metric {
+    pub const CONNECTIONS: &str = "chat_connections";
+    pub const MESSAGES: &str = "chat_messages_total";
+    pub const DELIVERIES: &str = "chat_deliveries_total";
+    pub const DELIVERY_LATENCY: &str = "chat_delivery_latency_seconds";
+    pub const COMMAND_DURATION: &str = "chat_command_duration_seconds";
+    pub const HISTORY_REQUESTS: &str = "chat_history_requests_total";
+    pub const BUS_PUBLISH_DURATION: &str = "chat_bus_publish_duration_seconds";
+    pub const DROPPED: &str = "chat_dropped_total";
+    pub const COMMIT_BATCH_SIZE: &str = "chat_commit_batch_size";
+}
+
+/// Installs the tracing subscriber. Every line carries the instance id through the root span
+/// that `main` enters.
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match config.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+    // Tests build several apps in one process; the first subscriber stays.
+    let _ = installed;
+}
+
+/// Latency buckets from 50 µs to 10 s: sub-millisecond local delivery up to a stalled database.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Installs the process-wide metrics recorder (once; later calls return the same handle).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(metric::COMMIT_BATCH_SIZE.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metric::*;
+    describe_gauge!(
+        CONNECTIONS,
+        "Open client connections and streams, by transport."
+    );
+    describe_counter!(
+        MESSAGES,
+        "Chat messages accepted, by the transport they came in on."
+    );
+    describe_counter!(DELIVERIES, "Events written to a receiver, by transport.");
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From a message's acceptance to its write to a receiver."
+    );
+    describe_histogram!(
+        COMMAND_DURATION,
+        Unit::Seconds,
+        "Time to run a slash command, by command."
+    );
+    describe_counter!(
+        HISTORY_REQUESTS,
+        "History reads on join, by whether the pod cache had them."
+    );
+    describe_histogram!(
+        BUS_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time to publish one event on the bus."
+    );
+    describe_counter!(
+        DROPPED,
+        "Connections, messages or events refused or cut off, by reason."
+    );
+    describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        "Messages stored per group-commit round trip."
+    );
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds, so memory stays bounded
+/// however long it is between scrapes.
+pub async fn run_metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    while shutdown.run_until_cancelled(every.tick()).await.is_some() {
+        handle.run_upkeep();
+    }
+}

@@ -1,0 +1,92 @@
+//! The real binary as an operator runs it: signals, exit codes, configuration errors.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+/// Starts the server binary on a free port; returns it and its TCP address from its log.
+async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("TCP_PORT", "0")
+        .env("HTTP_PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server starts");
+    let mut logs = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = logs.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if entry["fields"]["message"] == "listening" {
+                return entry["fields"]["tcp"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .expect("the server listens");
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running");
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test]
+async fn sigterm_tells_every_client_to_reconnect_and_exits_cleanly() {
+    let (mut server, addr) = start_server(&[("SHUTDOWN_GRACE_SECS", "5")]).await;
+    let mut alice = Client::login(addr, "alice").await;
+    alice.create("r").await;
+    let mut prompting = Client::connect(addr).await;
+    prompting.expect("Welcome to Baby Discord!").await;
+    prompting.expect_prompt().await;
+
+    sigterm(&server);
+    alice
+        .expect("[system] Server restarting, please reconnect")
+        .await;
+    assert!(alice.until_closed().await.is_empty());
+    assert_eq!(
+        prompting.until_closed().await,
+        b"[system] Server restarting, please reconnect\n"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
+        .env_clear()
+        .env("MAX_CONNECTIONS", "lots")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("invalid configuration: MAX_CONNECTIONS"),
+        "{stderr}"
+    );
+}
