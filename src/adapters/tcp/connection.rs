@@ -14,6 +14,7 @@ use futures::stream::FuturesOrdered;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::{AnyDelimiterCodec, Decoder};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,8 @@ use crate::telemetry::metric;
 const MAX_IN_FLIGHT: usize = 64;
 /// Events written per batch (one `write` call).
 const WRITE_BATCH: usize = 256;
+/// The batch buffer a quiet connection keeps; a larger one left by a burst is freed.
+const IDLE_BATCH_CAPACITY: usize = 16;
 /// How much to read at a time.
 const READ_CHUNK: usize = 4096;
 /// How long the drain notice may take to reach a client that is not reading.
@@ -55,8 +58,11 @@ struct Connection {
     too_slow: CancellationToken,
 }
 
+/// Serves one connection until it ends; `_slot` is its place under MAX_CONNECTIONS, given back
+/// when this returns.
 pub async fn serve(
     stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
     chat: Arc<Chat>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
@@ -110,7 +116,7 @@ impl Connection {
                 line = self.read_line() => line?,
             };
             let result = match line {
-                Ok(bytes) => chat.login(session, &String::from_utf8_lossy(&bytes)).await,
+                Ok(bytes) => Box::pin(chat.login(session, &String::from_utf8_lossy(&bytes))).await,
                 Err(LineTooLong) => Err(Error::LineTooLong),
             };
             match result {
@@ -126,8 +132,11 @@ impl Connection {
             .await
     }
 
+    /// The busy paths (writing a batch, handling a line) are boxed: a task is as large as its
+    /// largest state, and most connections spend their life idle in this `select!`.
     async fn chat_loop(&mut self, chat: &Chat, session: &mut Session, mut inbox: Inbox) -> End {
-        let mut events = Vec::with_capacity(WRITE_BATCH);
+        // Grows while a burst is being written and is given back afterwards (see write_events).
+        let mut events = Vec::new();
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
         let (shutdown, too_slow) = (self.shutdown.clone(), self.too_slow.clone());
@@ -137,13 +146,13 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 _ = too_slow.cancelled() => Err(End::TooSlow),
-                _ = inbox.rx.recv_many(&mut events, WRITE_BATCH) => self.write_events(session, &mut events).await,
+                _ = inbox.rx.recv_many(&mut events, WRITE_BATCH) => Box::pin(self.write_events(session, &mut events)).await,
                 Some(acked) = in_flight.next() => match acked {
                     Ok(_) => Ok(()),
-                    Err(e) => self.write_error(session, &e).await,
+                    Err(e) => Box::pin(self.write_error(session, &e)).await,
                 },
                 line = self.read_line(), if in_flight.len() < MAX_IN_FLIGHT => match line {
-                    Ok(line) => self.handle(chat, session, line, &mut in_flight, &mut inbox).await,
+                    Ok(line) => Box::pin(self.handle(chat, session, line, &mut in_flight, &mut inbox)).await,
                     Err(end) => Err(end),
                 },
             };
@@ -219,6 +228,9 @@ impl Connection {
                 accepted_at.push(m.created_at);
             }
             out.extend_from_slice(event.line());
+        }
+        if events.capacity() > IDLE_BATCH_CAPACITY {
+            *events = Vec::new();
         }
         if out.is_empty() {
             return Ok(());

@@ -82,18 +82,13 @@ impl TcpServer {
             let _ = stream.set_nodelay(true);
             let connection = connection::serve(
                 stream,
+                slot,
                 self.chat.clone(),
                 self.settings.clone(),
                 shutdown.clone(),
             );
-            let span = tracing::info_span!("tcp", %peer);
-            tracker.spawn(
-                async move {
-                    connection.await;
-                    drop(slot);
-                }
-                .instrument(span),
-            );
+            // Spawned as is: wrapping it in another async block would store it twice in the task.
+            tracker.spawn(connection.instrument(tracing::info_span!("tcp", %peer)));
         }
     }
 }

@@ -1,0 +1,109 @@
+//! `loadgen`: drives a Baby Discord deployment and reports what its users would have seen.
+//!
+//! `loadgen chat`: M members join one room over one or more endpoints; S of them send at a total
+//! rate R for D seconds. Every message carries its sender, its per-sender sequence number and
+//! its *scheduled* send time, so a sender that falls behind reports the delay as latency instead
+//! of hiding it (no coordinated omission). Reports delivery latency percentiles, deliveries/s,
+//! loss, duplicates and per-sender order violations.
+//!
+//! `loadgen idle`: opens N connections that log in (and optionally join a room), then holds them,
+//! for measuring what an idle connection costs the server.
+
+mod chat;
+mod idle;
+mod report;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Load generator for Baby Discord")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Members chatting in one room: latency, throughput, loss, order.
+    Chat(ChatArgs),
+    /// Idle logged-in connections, held open.
+    Idle(IdleArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ChatArgs {
+    /// TCP endpoints; members are spread round-robin over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9001")]
+    endpoints: Vec<SocketAddr>,
+    /// Members in the room, senders included.
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// How many of the members send.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Total messages per second, over all senders.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Extra bytes of padding per message.
+    #[arg(long, default_value_t = 0)]
+    padding: usize,
+    /// The room (created if missing).
+    #[arg(long, default_value = "load")]
+    room: String,
+    /// Seconds to wait for stragglers after the last send.
+    #[arg(long, default_value_t = 5)]
+    drain: u64,
+    /// Print the report as JSON too.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct IdleArgs {
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9001")]
+    endpoints: Vec<SocketAddr>,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Also join this room.
+    #[arg(long)]
+    room: Option<String>,
+    /// Seconds to hold the connections once all are logged in.
+    #[arg(long, default_value_t = 10)]
+    hold: u64,
+}
+
+impl ChatArgs {
+    fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().mode {
+        Mode::Chat(args) => {
+            anyhow::ensure!(
+                args.senders >= 1 && args.senders <= args.members,
+                "need 1 ≤ senders ≤ members"
+            );
+            anyhow::ensure!(
+                args.rate >= 1 && args.duration >= 1,
+                "rate and duration must be positive"
+            );
+            let report = chat::run(args.clone()).await?;
+            println!("{}", report.text());
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }
+        Mode::Idle(args) => idle::run(args).await,
+    }
+}

@@ -1,0 +1,209 @@
+//! What each receiver saw, and the merged report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ChatArgs;
+use crate::chat::unix_nanos;
+
+/// One member's view: which messages of which sender arrived, how late, in what order.
+pub struct Receiver {
+    run_tag: String,
+    latency_us: Histogram<u64>,
+    /// Per sender: a bit per seq seen.
+    seen: Vec<Vec<u64>>,
+    /// Per sender: the highest seq seen, for order checks.
+    highest: Vec<Option<u64>>,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    errors: u64,
+}
+
+impl Receiver {
+    pub fn new(senders: usize, run_id: u32) -> Self {
+        Receiver {
+            run_tag: format!("lg{run_id:08x}_"),
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            seen: vec![Vec::new(); senders],
+            highest: vec![None; senders],
+            unique: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            errors: 0,
+        }
+    }
+
+    /// Reads until it has every message the senders sent, or until `give_up`.
+    pub async fn run(
+        mut self,
+        mut reader: BufReader<OwnedReadHalf>,
+        mut sent: watch::Receiver<Option<Arc<Vec<u64>>>>,
+        give_up: CancellationToken,
+    ) -> Receiver {
+        let mut line = String::new();
+        let mut expected: Option<u64> = None;
+        loop {
+            if expected.is_some_and(|total| self.unique >= total) {
+                return self;
+            }
+            line.clear();
+            tokio::select! {
+                read = reader.read_line(&mut line) => match read {
+                    Ok(0) | Err(_) => return self,
+                    Ok(_) => self.observe(line.trim_end()),
+                },
+                _ = sent.changed(), if expected.is_none() => {
+                    expected = sent.borrow().as_ref().map(|counts| counts.iter().sum());
+                }
+                _ = give_up.cancelled() => return self,
+            }
+        }
+    }
+
+    fn observe(&mut self, line: &str) {
+        if line.starts_with("Error: ") {
+            self.errors += 1;
+            return;
+        }
+        // "[room] lgXXXXXXXX_N: <sender> <seq> <due-unix-nanos> <padding>"
+        let Some((who, content)) = line.split_once(": ") else {
+            return;
+        };
+        if !who.contains(&self.run_tag) {
+            return;
+        }
+        let mut fields = content.split(' ');
+        let (Some(sender), Some(seq), Some(due)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return;
+        };
+        let (Ok(sender), Ok(seq), Ok(due)) = (
+            sender.parse::<usize>(),
+            seq.parse::<u64>(),
+            due.parse::<u64>(),
+        ) else {
+            return;
+        };
+        let Some(bits) = self.seen.get_mut(sender) else {
+            return;
+        };
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        if bits[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        bits[word] |= 1 << bit;
+        self.unique += 1;
+        if self.highest[sender].is_some_and(|h| seq < h) {
+            self.out_of_order += 1;
+        }
+        self.highest[sender] = self.highest[sender].max(Some(seq));
+        let latency_us = unix_nanos().saturating_sub(due) / 1_000;
+        self.latency_us.saturating_record(latency_us.max(1));
+    }
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    endpoints: usize,
+    members: usize,
+    senders: usize,
+    target_rate: u64,
+    sent: u64,
+    send_rate: f64,
+    deliveries: u64,
+    expected_deliveries: u64,
+    deliveries_per_sec: f64,
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    errors: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Report {
+    pub fn new(
+        args: &ChatArgs,
+        sent: &[u64],
+        send_window: Duration,
+        total: Duration,
+        receivers: Vec<Receiver>,
+    ) -> Report {
+        let sent: u64 = sent.iter().sum();
+        let mut latency =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let (mut deliveries, mut duplicates, mut out_of_order, mut errors) = (0, 0, 0, 0);
+        for r in &receivers {
+            latency.add(&r.latency_us).expect("same bounds");
+            deliveries += r.unique;
+            duplicates += r.duplicates;
+            out_of_order += r.out_of_order;
+            errors += r.errors;
+        }
+        let expected = sent * receivers.len() as u64;
+        let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+        Report {
+            endpoints: args.endpoints.len(),
+            members: args.members,
+            senders: args.senders,
+            target_rate: args.rate,
+            sent,
+            send_rate: sent as f64 / send_window.as_secs_f64(),
+            deliveries,
+            expected_deliveries: expected,
+            deliveries_per_sec: deliveries as f64
+                / total.as_secs_f64().max(send_window.as_secs_f64()),
+            lost: expected - deliveries,
+            duplicates,
+            out_of_order,
+            errors,
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: latency.max() as f64 / 1000.0,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "members {} (senders {}) over {} endpoint(s), target {} msg/s\n\
+             sent {} ({:.0} msg/s), delivered {}/{} ({:.0} deliveries/s)\n\
+             lost {}, duplicates {}, out of order {}, errors {}\n\
+             latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.members,
+            self.senders,
+            self.endpoints,
+            self.target_rate,
+            self.sent,
+            self.send_rate,
+            self.deliveries,
+            self.expected_deliveries,
+            self.deliveries_per_sec,
+            self.lost,
+            self.duplicates,
+            self.out_of_order,
+            self.errors,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+        )
+    }
+}

@@ -1,0 +1,86 @@
+//! A minimal netcat-protocol client: log in, join a room.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+const PROMPT: &[u8] = b"Enter your nickname: ";
+
+pub struct Member {
+    pub reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+}
+
+impl Member {
+    /// Connects and logs in as `nick`; if `room` is given, creates or joins it and reads past the
+    /// history block.
+    pub async fn join(addr: SocketAddr, nick: &str, room: Option<&str>) -> anyhow::Result<Member> {
+        tokio::time::timeout(SETUP_TIMEOUT, Self::join_inner(addr, nick, room))
+            .await
+            .with_context(|| format!("{nick}: setup timed out"))?
+    }
+
+    async fn join_inner(
+        addr: SocketAddr,
+        nick: &str,
+        room: Option<&str>,
+    ) -> anyhow::Result<Member> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        let mut member = Member {
+            reader: BufReader::with_capacity(64 * 1024, read),
+            writer,
+        };
+        member.expect_line("Welcome to Baby Discord!").await?;
+        let mut prompt = [0; PROMPT.len()];
+        member.reader.read_exact(&mut prompt).await?;
+        member.send(nick).await?;
+        member.expect_line(&format!("Welcome, {nick}!")).await?;
+        member.line().await?;
+        if let Some(room) = room {
+            // Create it, or join it if it exists; either way a history block follows.
+            member.send(&format!("/create {room}")).await?;
+            if member
+                .line()
+                .await?
+                .starts_with("Error: Room already exists")
+            {
+                member.send(&format!("/join {room}")).await?;
+                member.line().await?;
+            }
+            while member.line().await? != "---" {}
+        }
+        Ok(member)
+    }
+
+    pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            bail!("the server closed the connection");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    async fn expect_line(&mut self, expected: &str) -> anyhow::Result<()> {
+        let line = self.line().await?;
+        if line != expected {
+            bail!("expected {expected:?}, got {line:?}");
+        }
+        Ok(())
+    }
+}
