@@ -125,7 +125,8 @@ struct Pace {
 
 /// Sends on schedule until the deadline. Everything due at a wake-up goes out in one write, each
 /// message stamped with the time it was *due*, not the time it left. Returns how many it sent,
-/// and the writer, which must stay open until the receivers are done.
+/// and the writer, which must stay open until the receivers are done. A sender the server cut off
+/// (too slow a reader, say) stops early; the receivers' counts show what that cost.
 async fn send(
     mut writer: OwnedWriteHalf,
     id: usize,

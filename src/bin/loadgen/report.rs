@@ -25,6 +25,8 @@ pub struct Receiver {
     duplicates: u64,
     out_of_order: u64,
     errors: u64,
+    /// The server closed this member's connection before it had everything.
+    cut_off: bool,
 }
 
 impl Receiver {
@@ -38,6 +40,7 @@ impl Receiver {
             duplicates: 0,
             out_of_order: 0,
             errors: 0,
+            cut_off: false,
         }
     }
 
@@ -57,7 +60,10 @@ impl Receiver {
             line.clear();
             tokio::select! {
                 read = reader.read_line(&mut line) => match read {
-                    Ok(0) | Err(_) => return self,
+                    Ok(0) | Err(_) => {
+                        self.cut_off = true;
+                        return self;
+                    }
                     Ok(_) => self.observe(line.trim_end()),
                 },
                 _ = sent.changed(), if expected.is_none() => {
@@ -129,6 +135,7 @@ pub struct Report {
     duplicates: u64,
     out_of_order: u64,
     errors: u64,
+    cut_off: u64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -147,13 +154,15 @@ impl Report {
         let sent: u64 = sent.iter().sum();
         let mut latency =
             Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-        let (mut deliveries, mut duplicates, mut out_of_order, mut errors) = (0, 0, 0, 0);
+        let (mut deliveries, mut duplicates, mut out_of_order, mut errors, mut cut_off) =
+            (0, 0, 0, 0, 0);
         for r in &receivers {
             latency.add(&r.latency_us).expect("same bounds");
             deliveries += r.unique;
             duplicates += r.duplicates;
             out_of_order += r.out_of_order;
             errors += r.errors;
+            cut_off += u64::from(r.cut_off);
         }
         let expected = sent * receivers.len() as u64;
         let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
@@ -172,6 +181,7 @@ impl Report {
             duplicates,
             out_of_order,
             errors,
+            cut_off,
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
             p99_ms: ms(0.99),
@@ -180,30 +190,18 @@ impl Report {
         }
     }
 
+    #[rustfmt::skip] // one line of arguments per line of output
     pub fn text(&self) -> String {
+        let r = self;
         format!(
             "members {} (senders {}) over {} endpoint(s), target {} msg/s\n\
              sent {} ({:.0} msg/s), delivered {}/{} ({:.0} deliveries/s)\n\
-             lost {}, duplicates {}, out of order {}, errors {}\n\
+             lost {}, duplicates {}, out of order {}, errors {}, members cut off {}\n\
              latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            self.members,
-            self.senders,
-            self.endpoints,
-            self.target_rate,
-            self.sent,
-            self.send_rate,
-            self.deliveries,
-            self.expected_deliveries,
-            self.deliveries_per_sec,
-            self.lost,
-            self.duplicates,
-            self.out_of_order,
-            self.errors,
-            self.p50_ms,
-            self.p90_ms,
-            self.p99_ms,
-            self.p999_ms,
-            self.max_ms,
+            r.members, r.senders, r.endpoints, r.target_rate,
+            r.sent, r.send_rate, r.deliveries, r.expected_deliveries, r.deliveries_per_sec,
+            r.lost, r.duplicates, r.out_of_order, r.errors, r.cut_off,
+            r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,
         )
     }
 }
