@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::core::Chat;
 use crate::core::commit::Committer;
 use crate::core::hub::Hub;
-use crate::store::{Store, memory::MemoryStore};
+use crate::store::postgres::PgStore;
+use crate::store::{Store, memory::MemoryStore, retention};
 use crate::telemetry;
 
 /// The most messages stored in one group-commit round trip.
@@ -23,6 +24,8 @@ const MAX_COMMIT_BATCH: usize = 512;
 
 pub struct App {
     config: Config,
+    /// Set when storing in PostgreSQL: the retention job runs against it.
+    postgres: Option<PgStore>,
     chat: Arc<Chat>,
     commit_task: futures::future::BoxFuture<'static, ()>,
     tcp: TcpServer,
@@ -34,13 +37,16 @@ impl App {
     /// Builds the service and binds its listeners (port 0 picks a free port, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let hub = Arc::new(Hub::new(config.history_size));
-        let store: Arc<dyn Store> = match &config.database_url {
-            Some(_) => {
-                anyhow::bail!("DATABASE_URL is set, but this build has no PostgreSQL store yet")
+        let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
+            Some(url) => {
+                let pg = connect_postgres(url, &config).await?;
+                pg.migrate().await?;
+                tracing::info!("DATABASE_URL set: storing in PostgreSQL");
+                (Arc::new(pg.clone()), Some(pg))
             }
             None => {
                 tracing::info!("DATABASE_URL unset: storing in memory; nothing survives a restart");
-                Arc::new(MemoryStore::new(config.retention_per_room))
+                (Arc::new(MemoryStore::new(config.retention_per_room)), None)
             }
         };
         let bus: Arc<dyn Bus> = match &config.valkey_url {
@@ -62,6 +68,7 @@ impl App {
         tracing::info!(tcp = %tcp_addr, "listening");
         Ok(App {
             config,
+            postgres,
             chat,
             commit_task: Box::pin(commit_task),
             tcp,
@@ -84,6 +91,7 @@ impl App {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App {
             config,
+            postgres,
             chat,
             commit_task,
             tcp,
@@ -97,6 +105,13 @@ impl App {
             shutdown.clone(),
         ));
         tracker.spawn(tcp.serve(tracker.clone(), shutdown.clone()));
+        if let Some(pg) = postgres {
+            tracker.spawn(retention::run(
+                pg,
+                config.retention_per_room,
+                shutdown.clone(),
+            ));
+        }
 
         shutdown.cancelled().await;
         tracing::info!(grace = ?config.shutdown_grace(), "draining");
@@ -116,4 +131,11 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Connects the pool the configuration describes (used by the server and the admin commands).
+pub async fn connect_postgres(url: &str, config: &Config) -> anyhow::Result<PgStore> {
+    PgStore::connect(url, config.db_pool_size, config.db_acquire_timeout())
+        .await
+        .context("DATABASE_URL")
 }

@@ -178,6 +178,10 @@ impl Config {
         Duration::from_secs(self.nick_timeout_secs)
     }
 
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

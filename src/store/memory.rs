@@ -136,6 +136,25 @@ impl Store for MemoryStore {
         page.reverse();
         Ok(page)
     }
+
+    async fn messages_after(
+        &self,
+        room_id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let state = self.state();
+        let Some(log) = state.messages.get(&room_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .messages
+            .iter()
+            .filter(|m| m.seq > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
 
 #[cfg(test)]

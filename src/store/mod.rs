@@ -1,9 +1,12 @@
 //! The `Store` seam: what must survive a restart — users, rooms, memberships, messages.
 //!
-//! Implementations: [`memory::MemoryStore`] (unit tests and `cargo run` without a database).
-//! The core calls this trait only; it never sees SQL.
+//! Implementations: [`postgres::PgStore`] (production) and [`memory::MemoryStore`] (unit tests
+//! and `cargo run` without a database). The core calls this trait only; it never sees SQL.
 
+pub mod archive;
 pub mod memory;
+pub mod postgres;
+pub mod retention;
 
 use async_trait::async_trait;
 
@@ -42,6 +45,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         room_id: i64,
         before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// The first `limit` messages of a room with `seq > after`, oldest first: what a receiver
+    /// that saw `after` last has missed.
+    async fn messages_after(
+        &self,
+        room_id: i64,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
 }
