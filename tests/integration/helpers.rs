@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use baby_discord::app::App;
 use baby_discord::config::Config;
+use std::process::Stdio;
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 /// How long any single expected reply may take before the test fails.
@@ -27,6 +30,7 @@ pub fn test_config() -> Config {
 pub struct TestApp {
     pub tcp: SocketAddr,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -45,11 +49,26 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let app = App::build(config).await.expect("the app builds");
     let tcp = app.tcp_addr();
     let shutdown = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
-    TestApp { tcp, shutdown }
+    let running = Some(tokio::spawn(app.run_until_stopped()));
+    TestApp {
+        tcp,
+        shutdown,
+        running,
+    }
 }
 
 impl TestApp {
+    /// Drains the server as SIGTERM would and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the server task")
+                .expect("a clean stop");
+        }
+    }
+
     pub async fn login(&self, nick: &str) -> Client {
         Client::login(self.tcp, nick).await
     }
@@ -169,4 +188,35 @@ impl Client {
             }
         }
     }
+}
+
+/// Starts the server binary on a free port; returns it and its TCP address from its log.
+pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
+        .env_clear()
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("TCP_PORT", "0")
+        .env("HTTP_PORT", "0")
+        .env("LOG_FORMAT", "json")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server starts");
+    let mut logs = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(TIMEOUT, async {
+        while let Some(line) = logs.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if entry["fields"]["message"] == "listening" {
+                return entry["fields"]["tcp"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .expect("the server listens");
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    (child, addr)
 }

@@ -2,6 +2,8 @@
 //! loopback port 0 (and, where it needs them, its own throwaway PostgreSQL / Valkey).
 
 mod helpers;
+mod postgres;
+mod services;
 mod tcp_commands;
 mod tcp_limits;
 mod tcp_process;

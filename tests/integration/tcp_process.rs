@@ -1,43 +1,10 @@
 //! The real binary as an operator runs it: signals, exit codes, configuration errors.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::*;
-
-/// Starts the server binary on a free port; returns it and its TCP address from its log.
-async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
-        .env_clear()
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("TCP_PORT", "0")
-        .env("HTTP_PORT", "0")
-        .env("LOG_FORMAT", "json")
-        .envs(extra_env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server starts");
-    let mut logs = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(TIMEOUT, async {
-        while let Some(line) = logs.next_line().await.unwrap() {
-            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
-            if entry["fields"]["message"] == "listening" {
-                return entry["fields"]["tcp"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .expect("the server listens");
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
-    (child, addr)
-}
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running");
