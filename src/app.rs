@@ -19,9 +19,6 @@ use crate::store::postgres::PgStore;
 use crate::store::{Store, memory::MemoryStore, retention};
 use crate::telemetry;
 
-/// The most messages stored in one group-commit round trip.
-const MAX_COMMIT_BATCH: usize = 512;
-
 pub struct App {
     config: Config,
     /// Set when storing in PostgreSQL: the retention job runs against it.
@@ -57,7 +54,7 @@ impl App {
             }
         };
         let (committer, commit_task) =
-            Committer::start(store.clone(), bus.clone(), MAX_COMMIT_BATCH);
+            Committer::start(store.clone(), bus.clone(), config.commit_batch_max);
         let chat = Arc::new(Chat::new(store, bus, hub, committer, config.limits()));
 
         let tcp_listener = TcpListener::bind((config.bind_address, config.tcp_port))

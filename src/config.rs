@@ -44,6 +44,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     pub db_pool_size: u32,
     pub db_acquire_timeout_secs: u64,
+    /// Most messages stored per group-commit round trip (1 disables batching; for benchmarks).
+    pub commit_batch_max: usize,
     pub database_url: Option<String>,
     pub valkey_url: Option<String>,
 }
@@ -72,6 +74,7 @@ impl Default for Config {
             shutdown_grace_secs: 20,
             db_pool_size: 16,
             db_acquire_timeout_secs: 2,
+            commit_batch_max: 512,
             database_url: None,
             valkey_url: None,
         }
@@ -101,6 +104,7 @@ const ENV_KEYS: &[&str] = &[
     "SHUTDOWN_GRACE_SECS",
     "DB_POOL_SIZE",
     "DB_ACQUIRE_TIMEOUT_SECS",
+    "COMMIT_BATCH_MAX",
     "DATABASE_URL",
     "VALKEY_URL",
 ];
@@ -158,6 +162,7 @@ impl Config {
             ("SEND_QUEUE_LINES", self.send_queue_lines),
             ("MAX_CONNECTIONS", self.max_connections),
             ("RETENTION_PER_ROOM", self.retention_per_room),
+            ("COMMIT_BATCH_MAX", self.commit_batch_max),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError(format!("{name}: must be at least 1"))),
