@@ -176,6 +176,7 @@ impl Config {
             rate_per_sec: self.rate_limit_per_sec,
             rate_burst: self.rate_limit_burst,
             send_queue: self.send_queue_lines,
+            session_idle: Duration::from_secs(self.session_idle_timeout_secs),
         }
     }
 

@@ -3,12 +3,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::time::Instant;
 
 use super::{Bus, BusError};
 use crate::core::hub::Hub;
-use crate::core::model::{Broadcast, SessionId};
+use crate::core::model::{Envelope, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
 
 pub struct LocalBus {
@@ -22,6 +24,7 @@ struct Presence {
     /// Claimed nickname → (its spelling, the owning session).
     nicks: HashMap<Nickname, (Nickname, SessionId)>,
     rooms: HashMap<RoomName, HashSet<Nickname>>,
+    sessions: HashMap<SessionId, (SessionRecord, Instant)>,
 }
 
 impl LocalBus {
@@ -39,8 +42,8 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish(&self, event: Arc<Broadcast>) -> Result<(), BusError> {
-        self.hub.deliver(event);
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        self.hub.deliver(envelope);
         Ok(())
     }
 
@@ -56,8 +59,9 @@ impl Bus for LocalBus {
     async fn claim_nick(&self, nick: &Nickname, session: SessionId) -> Result<bool, BusError> {
         let mut presence = self.presence();
         match presence.nicks.get(nick) {
-            Some((_, owner)) => Ok(*owner == session),
-            None => {
+            Some((_, owner)) if *owner != session => Ok(false),
+            // New, or re-claimed by its owner (perhaps with another spelling).
+            _ => {
                 presence.nicks.insert(nick.clone(), (nick.clone(), session));
                 Ok(true)
             }
@@ -128,6 +132,56 @@ impl Bus for LocalBus {
             .rooms
             .iter()
             .map(|(r, m)| (r.clone(), m.len()))
+            .collect())
+    }
+
+    async fn save_session(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
+        let expires = Instant::now() + ttl;
+        self.presence()
+            .sessions
+            .insert(record.id, (record.clone(), expires));
+        Ok(())
+    }
+
+    async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, BusError> {
+        let presence = self.presence();
+        let live = presence
+            .sessions
+            .get(&id)
+            .filter(|(_, expires)| *expires > Instant::now());
+        Ok(live.map(|(record, _)| record.clone()))
+    }
+
+    async fn touch_session(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError> {
+        let now = Instant::now();
+        let mut presence = self.presence();
+        match presence.sessions.get_mut(&id) {
+            Some((_, expires)) if *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<(), BusError> {
+        self.presence().sessions.remove(&id);
+        Ok(())
+    }
+
+    async fn take_expired_sessions(&self) -> Result<Vec<SessionRecord>, BusError> {
+        let now = Instant::now();
+        let mut presence = self.presence();
+        let expired: Vec<SessionId> = presence
+            .sessions
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        Ok(expired
+            .into_iter()
+            .filter_map(|id| presence.sessions.remove(&id))
+            .map(|(record, _)| record)
             .collect())
     }
 }

@@ -1,5 +1,5 @@
-//! The `Bus` seam: what replicas share while they run — event delivery between pods and presence
-//! (who is online, in which room, which nicknames are taken).
+//! The `Bus` seam: what replicas share while they run — event delivery between pods, presence
+//! (who is online, in which room, which nicknames are taken) and HTTP sessions.
 //!
 //! Implementations: [`local::LocalBus`] (one process: `cargo run`, unit tests). Every event
 //! published reaches [`Hub::deliver`](crate::core::hub::Hub::deliver) on every pod, this one
@@ -8,11 +8,11 @@
 pub mod local;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::core::model::{Broadcast, SessionId};
+use crate::core::model::{Envelope, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,8 +23,8 @@ pub enum BusError {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Delivers an event to every pod with a session that should see it.
-    async fn publish(&self, event: Arc<Broadcast>) -> Result<(), BusError>;
+    /// Delivers an event (or a session's new state) to every pod that should see it.
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
 
     /// Starts carrying a room's events to this pod (its first local member joined).
     async fn watch_room(&self, room: &RoomName) -> Result<(), BusError>;
@@ -54,4 +54,19 @@ pub trait Bus: Send + Sync + 'static {
 
     /// How many users each room has, rooms with nobody left out.
     async fn room_counts(&self) -> Result<HashMap<RoomName, usize>, BusError>;
+
+    /// Saves an HTTP session; it expires `ttl` from now unless saved or touched again.
+    async fn save_session(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError>;
+
+    /// A live session; `None` when unknown or expired.
+    async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, BusError>;
+
+    /// Pushes a session's expiry `ttl` into the future. False when it is unknown or expired.
+    async fn touch_session(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError>;
+
+    async fn delete_session(&self, id: SessionId) -> Result<(), BusError>;
+
+    /// Removes and returns the sessions whose time ran out, for the caller to close (free their
+    /// nicknames, tell their rooms).
+    async fn take_expired_sessions(&self) -> Result<Vec<SessionRecord>, BusError>;
 }

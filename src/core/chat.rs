@@ -1,32 +1,45 @@
 //! The chat service: every command's behaviour and reply text, over the `Store` and `Bus` seams.
 //!
-//! Adapters open a [`Session`], feed it lines with [`Chat::handle`] and write back the [`Reply`];
-//! events for the session arrive in its [`Inbox`]. Nothing here knows about sockets or HTTP.
+//! Adapters open a [`Session`] (live for TCP, detached for HTTP), feed it lines with
+//! [`Chat::handle`] and write back the [`Reply`]; events for a live session arrive in its
+//! [`Inbox`], events for an HTTP session in the [`EventStream`]s that follow it. Nothing here
+//! knows about sockets or HTTP.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use governor::{DefaultKeyedRateLimiter, Quota};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::command::{self, Command, HELP, Input};
 use super::commit::{Ack, Committer};
 use super::error::Error;
 use super::hub::{Hub, Inbox, queue};
-use super::model::{Broadcast, ChatMessage, Event, NewMessage, Room};
+use super::model::{
+    Broadcast, ChatMessage, Envelope, Event, NewMessage, Room, SessionId, SessionRecord,
+};
 use super::names::{Nickname, RoomName, sanitize};
-use super::session::{Session, Transport, User};
+use super::session::{Session, Transport, User, View};
+use super::stream::{CatchUp, EventStream, Route};
 use crate::bus::Bus;
 use crate::store::Store;
 use crate::telemetry::metric;
 
-/// The per-session limits of SPEC §3.
+/// The most messages a reconnecting stream is replayed; further back, it is told to reset.
+const MAX_CATCH_UP: usize = 10_000;
+/// Messages read from the store per catch-up query.
+const CATCH_UP_PAGE: usize = 1_000;
+
+/// The per-session limits of SPEC §3 and §4.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_chars: usize,
     pub rate_per_sec: NonZeroU32,
     pub rate_burst: NonZeroU32,
     pub send_queue: usize,
+    pub session_idle: Duration,
 }
 
 /// What an adapter sends back for one line.
@@ -35,9 +48,9 @@ pub enum Reply {
     Nothing,
     /// Text to show the user, possibly several lines.
     Text(String),
-    /// A chat message on its way to the store; its echo arrives through the session's inbox.
+    /// A chat message on its way to the store; its echo arrives like any room message.
     Sent(Ack),
-    /// Say this, then close the connection.
+    /// Say this, then end the session.
     Quit(String),
 }
 
@@ -47,6 +60,9 @@ pub struct Chat {
     hub: Arc<Hub>,
     committer: Committer,
     limits: Limits,
+    /// Detached sessions have no state of their own on this pod between requests, so their
+    /// limits are kept here, by session id.
+    detached_limiter: DefaultKeyedRateLimiter<SessionId>,
 }
 
 impl Chat {
@@ -57,19 +73,21 @@ impl Chat {
         committer: Committer,
         limits: Limits,
     ) -> Self {
+        let quota = Quota::per_second(limits.rate_per_sec).allow_burst(limits.rate_burst);
         Chat {
             store,
             bus,
             hub,
             committer,
+            detached_limiter: DefaultKeyedRateLimiter::keyed(quota),
             limits,
         }
     }
 
-    /// A new, anonymous session and the queue its events arrive in.
+    /// A new, anonymous live session and the queue its events arrive in.
     pub fn open(&self, transport: Transport) -> (Session, Inbox) {
         let (outbox, inbox) = queue(self.limits.send_queue);
-        let session = Session::new(
+        let session = Session::live(
             transport,
             outbox,
             self.limits.rate_per_sec,
@@ -79,25 +97,80 @@ impl Chat {
         (session, inbox)
     }
 
-    /// Gives an anonymous session its first nickname.
+    /// Gives an anonymous live session its first nickname.
     pub async fn login(&self, session: &mut Session, raw_nick: &str) -> Result<(), Error> {
         let nick = Nickname::parse(raw_nick)?;
-        self.claim(session, &nick).await?;
-        let id = match self.store.upsert_user(&nick).await {
-            Ok(id) => id,
-            Err(e) => {
-                self.bus.release_nick(&nick, session.id).await?;
-                return Err(e.into());
-            }
-        };
-        self.hub.register_user(&nick, session.id, &session.outbox);
-        session.user = Some(User { id, nick });
+        session.user = Some(self.claim_user(session.id, nick).await?);
+        if let (Some(user), Some(outbox)) = (&session.user, &session.outbox) {
+            self.hub.register_user(&user.nick, session.id, outbox);
+        }
         Ok(())
     }
 
-    /// Ends a session: leaves its room (telling the others) and frees its nickname.
+    /// Starts an HTTP session with this nickname and stores it for every replica.
+    pub async fn connect(&self, raw_nick: &str) -> Result<SessionRecord, Error> {
+        let nick = Nickname::parse(raw_nick)?;
+        let id = SessionId::random();
+        let user = self.claim_user(id, nick).await?;
+        let record = SessionRecord {
+            id,
+            user_id: user.id,
+            nick: user.nick,
+            room: None,
+        };
+        self.bus
+            .save_session(&record, self.limits.session_idle)
+            .await?;
+        Ok(record)
+    }
+
+    /// The HTTP session with this id, for one request.
+    pub async fn resume(&self, id: SessionId) -> Result<Session, Error> {
+        let record = self
+            .bus
+            .load_session(id)
+            .await?
+            .ok_or(Error::UnknownSession)?;
+        Ok(Session::detached(record))
+    }
+
+    /// Stores a detached session's state after a request, which also counts as activity.
+    pub async fn save(&self, session: &Session) -> Result<(), Error> {
+        if let Some(record) = session.record() {
+            self.bus
+                .save_session(&record, self.limits.session_idle)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps an HTTP session alive while a stream of it is open. False when it has ended.
+    pub async fn touch(&self, id: SessionId) -> Result<bool, Error> {
+        Ok(self.bus.touch_session(id, self.limits.session_idle).await?)
+    }
+
+    async fn claim_user(&self, session: SessionId, nick: Nickname) -> Result<User, Error> {
+        if !self.bus.claim_nick(&nick, session).await? {
+            return Err(Error::NicknameInUse(nick.to_string()));
+        }
+        match self.store.upsert_user(&nick).await {
+            Ok(id) => Ok(User { id, nick }),
+            Err(e) => {
+                self.bus.release_nick(&nick, session).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Ends a session: leaves its room (telling the others), frees its nickname and, for an
+    /// HTTP session, forgets it.
     pub async fn close(&self, mut session: Session) {
-        metrics::gauge!(metric::CONNECTIONS, "transport" => session.transport.label()).decrement(1);
+        if session.outbox.is_some() {
+            metrics::gauge!(metric::CONNECTIONS, "transport" => session.transport.label())
+                .decrement(1);
+        } else if let Err(e) = self.bus.delete_session(session.id).await {
+            tracing::warn!(error = %e, session = %session.id, "forgetting the session failed");
+        }
         if let Err(e) = self.leave_room(&mut session).await {
             tracing::warn!(error = %e, session = %session.id, "leaving the room on close failed");
         }
@@ -109,12 +182,38 @@ impl Chat {
         }
     }
 
+    /// Closes HTTP sessions idle for longer than SESSION_IDLE_TIMEOUT, every `every`, until
+    /// `shutdown`. Any pod may do it; the bus hands each expired session to one of them.
+    pub async fn run_session_expiry(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+            self.detached_limiter.retain_recent();
+            match self.bus.take_expired_sessions().await {
+                Ok(expired) => {
+                    for record in expired {
+                        tracing::info!(session = %record.id, nick = %record.nick, "HTTP session expired");
+                        self.close(Session::detached(record)).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring sessions failed"),
+            }
+        }
+    }
+
     /// Handles one line from a logged-in session.
     pub async fn handle(&self, session: &mut Session, line: &str) -> Result<Reply, Error> {
         let Some(input) = command::parse(&sanitize(line)) else {
             return Ok(Reply::Nothing);
         };
-        if session.limiter.check().is_err() {
+        let limited = match &session.limiter {
+            Some(limiter) => limiter.check().is_err(),
+            None => self.detached_limiter.check_key(&session.id).is_err(),
+        };
+        if limited {
             metrics::counter!(metric::DROPPED, "reason" => "rate_limited").increment(1);
             return Err(Error::RateLimited);
         }
@@ -132,7 +231,7 @@ impl Chat {
     }
 
     /// Queues a chat message for the session's room; the ack resolves once it is committed.
-    pub async fn send(&self, session: &Session, content: String) -> Result<Ack, Error> {
+    async fn send(&self, session: &Session, content: String) -> Result<Ack, Error> {
         let (Some(user), Some(room)) = (&session.user, &session.room) else {
             return Err(Error::NotInRoom);
         };
@@ -184,6 +283,7 @@ impl Chat {
             }
             Command::Leave => {
                 let room = self.leave_room(session).await?.ok_or(Error::NotInRoom)?;
+                self.publish_state(session).await?;
                 format!("Left room: {}", room.name)
             }
             Command::Dm { to, content } => self.dm(session, to, content).await?,
@@ -191,25 +291,19 @@ impl Chat {
         Ok(Reply::Text(text))
     }
 
-    async fn claim(&self, session: &Session, nick: &Nickname) -> Result<(), Error> {
-        if !self.bus.claim_nick(nick, session.id).await? {
-            return Err(Error::NicknameInUse(nick.to_string()));
-        }
-        Ok(())
-    }
-
     async fn rename(&self, session: &mut Session, new: Nickname) -> Result<String, Error> {
-        let Some(old) = session.user.clone() else {
-            self.login(session, new.as_str()).await?;
-            return Ok(format!("You are now known as {new}"));
-        };
-        self.claim(session, &new).await?;
+        let old = session.user.clone().ok_or(Error::UnknownSession)?;
+        if !self.bus.claim_nick(&new, session.id).await? {
+            return Err(Error::NicknameInUse(new.to_string()));
+        }
         let id = self.store.upsert_user(&new).await?;
         if old.nick != new {
             self.bus.release_nick(&old.nick, session.id).await?;
         }
-        self.hub.unregister_user(&old.nick, session.id);
-        self.hub.register_user(&new, session.id, &session.outbox);
+        if let Some(outbox) = &session.outbox {
+            self.hub.unregister_user(&old.nick, session.id);
+            self.hub.register_user(&new, session.id, outbox);
+        }
         session.user = Some(User {
             id,
             nick: new.clone(),
@@ -224,6 +318,7 @@ impl Chat {
             )
             .await?;
         }
+        self.publish_state(session).await?;
         Ok(format!("You are now known as {new}"))
     }
 
@@ -240,25 +335,33 @@ impl Chat {
         Ok(format!("{label}: {}", names.join(", ")))
     }
 
-    async fn rooms(&self) -> Result<String, Error> {
+    /// Every room with how many are in it now, by name.
+    pub async fn room_list(&self) -> Result<Vec<(Room, usize)>, Error> {
         let rooms = self.store.list_rooms().await?;
+        let counts = self.bus.room_counts().await?;
+        Ok(rooms
+            .into_iter()
+            .map(|room| {
+                let online = counts.get(&room.name).copied().unwrap_or(0);
+                (room, online)
+            })
+            .collect())
+    }
+
+    async fn rooms(&self) -> Result<String, Error> {
+        let rooms = self.room_list().await?;
         if rooms.is_empty() {
             return Ok("No rooms yet. Use /create <room>".into());
         }
-        let counts = self.bus.room_counts().await?;
         let mut text = String::from("Available rooms:");
-        for room in rooms {
-            let online = counts.get(&room.name).copied().unwrap_or(0);
+        for (room, online) in rooms {
             text.push_str(&format!("\n  {} ({online} online)", room.name));
         }
         Ok(text)
     }
 
     async fn dm(&self, session: &Session, to: Nickname, content: String) -> Result<String, Error> {
-        let from = session
-            .nick()
-            .ok_or(Error::UnknownUser(to.to_string()))?
-            .clone();
+        let from = session.nick().ok_or(Error::UnknownSession)?.clone();
         if content.chars().count() > self.limits.max_message_chars {
             return Err(Error::MessageTooLong);
         }
@@ -272,32 +375,43 @@ impl Chat {
             .ok_or(Error::UnknownUser(to.to_string()))?;
         let reply = format!("[DM to {to}] {content}");
         self.bus
-            .publish(Broadcast::new(Event::Dm { from, to, content }))
+            .publish(Envelope::Event(Broadcast::new(Event::Dm {
+                from,
+                to,
+                content,
+            })))
             .await?;
         Ok(reply)
     }
 
     /// Moves the session into `room` (out of its previous one) and renders the history block.
     async fn enter_room(&self, session: &mut Session, room: Room) -> Result<String, Error> {
-        let nick = session.nick().ok_or(Error::NotInRoom)?.clone();
+        let user = session.user.clone().ok_or(Error::UnknownSession)?;
         if session.room.as_ref() != Some(&room) {
             self.leave_room(session).await?;
             // Route live messages to the session before reading history, so nothing committed in
-            // between is missed; `Session::admit` drops what the history block already showed.
-            if self.hub.enter_room(&room.name, session.id, &session.outbox) {
+            // between is missed; the view drops what the history block already showed.
+            if let Some(outbox) = &session.outbox
+                && self.hub.enter_room(&room.name, session.id, outbox)
+            {
                 self.bus.watch_room(&room.name).await?;
             }
             session.room = Some(room.clone());
-            session.cursor = 0;
-            self.bus.enter_room(&room.name, &nick).await?;
-            if let Some(user) = &session.user {
-                self.store.add_member(room.id, user.id).await?;
-            }
-            self.announce(session, &room.name, format!("{nick} joined {}", room.name))
-                .await?;
+            session.view.move_to(Some(room.name.clone()));
+            self.bus.enter_room(&room.name, &user.nick).await?;
+            self.store.add_member(room.id, user.id).await?;
+            self.announce(
+                session,
+                &room.name,
+                format!("{} joined {}", user.nick, room.name),
+            )
+            .await?;
+            self.publish_state(session).await?;
         }
         let history = self.history(&room).await?;
-        session.cursor = session.cursor.max(history.last().map_or(0, |m| m.seq));
+        if let Some(last) = history.last() {
+            session.view.shown_up_to(last.seq);
+        }
         Ok(render_history(&history))
     }
 
@@ -306,7 +420,8 @@ impl Chat {
         let Some(room) = session.room.take() else {
             return Ok(None);
         };
-        if self.hub.exit_room(&room.name, session.id) {
+        session.view.move_to(None);
+        if session.outbox.is_some() && self.hub.exit_room(&room.name, session.id) {
             self.bus.unwatch_room(&room.name).await?;
         }
         if let Some(nick) = session.nick().cloned() {
@@ -315,6 +430,19 @@ impl Chat {
                 .await?;
         }
         Ok(Some(room))
+    }
+
+    /// Tells the pods holding a detached session's streams where it is now.
+    async fn publish_state(&self, session: &Session) -> Result<(), Error> {
+        let (None, Some(nick)) = (&session.outbox, session.nick()) else {
+            return Ok(());
+        };
+        let state = Envelope::SessionState {
+            session: session.id,
+            nick: nick.clone(),
+            room: session.room.as_ref().map(|r| r.name.clone()),
+        };
+        Ok(self.bus.publish(state).await?)
     }
 
     /// Tells a room's other members about something this session did.
@@ -329,8 +457,17 @@ impl Chat {
             text,
             about: Some(session.id),
         };
-        self.bus.publish(Broadcast::new(event)).await?;
+        self.bus
+            .publish(Envelope::Event(Broadcast::new(event)))
+            .await?;
         Ok(())
+    }
+
+    pub async fn find_room(&self, name: &RoomName) -> Result<Room, Error> {
+        self.store
+            .find_room(name)
+            .await?
+            .ok_or(Error::NoSuchRoom(name.to_string()))
     }
 
     /// The last messages of a room, oldest first: from the pod's cache when warm, else the store.
@@ -347,6 +484,123 @@ impl Chat {
             .await?;
         cache.fill(&room.name, &messages);
         Ok(messages)
+    }
+
+    /// A page of a room's history: up to `limit` messages before `before`, oldest first.
+    pub async fn history_page(
+        &self,
+        room: &Room,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, Error> {
+        Ok(self.store.messages_before(room.id, before, limit).await?)
+    }
+
+    /// A stream of one room's events; with `after`, first every message since that seq.
+    pub async fn open_room_stream(
+        &self,
+        room: &Room,
+        after: Option<i64>,
+    ) -> Result<EventStream, Error> {
+        let (outbox, inbox) = queue(self.limits.send_queue);
+        let stream = SessionId::random();
+        if self.hub.enter_room(&room.name, stream, &outbox) {
+            self.bus.watch_room(&room.name).await?;
+        }
+        let route = Route::Room {
+            hub: self.hub.clone(),
+            room: room.name.clone(),
+            stream,
+        };
+        let (_, room_changes) = watch::channel(Some(room.name.clone()));
+        self.finish_stream(Some(room), after, inbox, room_changes, route)
+            .await
+    }
+
+    /// A stream of everything an HTTP session would see on TCP: its room's messages and events
+    /// (following it from room to room), and its direct messages.
+    pub async fn open_session_stream(
+        &self,
+        record: &SessionRecord,
+        after: Option<i64>,
+    ) -> Result<EventStream, Error> {
+        let (outbox, inbox) = queue(self.limits.send_queue);
+        let stream = SessionId::random();
+        let room_name = record.room.as_ref().map(|r| &r.name);
+        let room_changes = self
+            .hub
+            .follow(record.id, stream, &record.nick, room_name, &outbox);
+        if let Some(room) = room_name {
+            self.bus.watch_room(room).await?;
+        }
+        let route = Route::Session {
+            hub: self.hub.clone(),
+            session: record.id,
+            stream,
+        };
+        self.finish_stream(record.room.as_ref(), after, inbox, room_changes, route)
+            .await
+    }
+
+    async fn finish_stream(
+        &self,
+        room: Option<&Room>,
+        after: Option<i64>,
+        inbox: Inbox,
+        room_changes: watch::Receiver<Option<RoomName>>,
+        route: Route,
+    ) -> Result<EventStream, Error> {
+        let mut view = View::new(room.map(|r| r.name.clone()));
+        let catch_up = match (room, after) {
+            (Some(room), Some(after)) => self.catch_up(room, after).await?,
+            _ => CatchUp::default(),
+        };
+        if let Some(last) = catch_up.messages.last() {
+            view.shown_up_to(last.seq);
+        } else if let Some(after) = after {
+            view.shown_up_to(after);
+        }
+        Ok(EventStream {
+            catch_up,
+            inbox,
+            view,
+            room_changes,
+            _route: route,
+        })
+    }
+
+    /// Every message of `room` after `after`, or the newest MAX_CATCH_UP with `reset` when the
+    /// room's history no longer reaches back that far.
+    async fn catch_up(&self, room: &Room, after: i64) -> Result<CatchUp, Error> {
+        let mut messages = self
+            .store
+            .messages_after(room.id, after, CATCH_UP_PAGE)
+            .await?;
+        let reset = messages.first().is_some_and(|m| m.seq > after + 1);
+        while messages.len() < MAX_CATCH_UP {
+            let Some(last) = messages.last().map(|m| m.seq) else {
+                break;
+            };
+            let page = self
+                .store
+                .messages_after(room.id, last, CATCH_UP_PAGE)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            messages.extend(page);
+        }
+        if messages.len() >= MAX_CATCH_UP {
+            let newest = self
+                .store
+                .messages_before(room.id, None, MAX_CATCH_UP)
+                .await?;
+            return Ok(CatchUp {
+                messages: newest,
+                reset: true,
+            });
+        }
+        Ok(CatchUp { messages, reset })
     }
 }
 

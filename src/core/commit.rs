@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::Error;
-use super::model::{Broadcast, ChatMessage, Event, NewMessage};
+use super::model::{Broadcast, ChatMessage, Envelope, Event, NewMessage};
 use crate::bus::Bus;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metric;
@@ -84,7 +84,9 @@ async fn run(
 async fn publish(bus: &dyn Bus, message: &ChatMessage) {
     let started = std::time::Instant::now();
     let result = bus
-        .publish(Broadcast::new(Event::Message(message.clone())))
+        .publish(Envelope::Event(Broadcast::new(Event::Message(
+            message.clone(),
+        ))))
         .await;
     metrics::histogram!(metric::BUS_PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
     if let Err(e) = result {

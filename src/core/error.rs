@@ -23,6 +23,8 @@ pub enum Error {
     NotInRoom,
     #[error("User not found or offline: {0}")]
     UnknownUser(String),
+    #[error("Unknown or expired session")]
+    UnknownSession,
     #[error("You cannot send a direct message to yourself")]
     DmToSelf,
     #[error("Message too long")]

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::history::HistoryCache;
-use super::model::{Broadcast, Event, SessionId};
+use super::model::{Broadcast, Envelope, Event, SessionId};
 use super::names::{Nickname, RoomName};
 use crate::telemetry::metric;
 
@@ -59,10 +59,21 @@ struct Member {
     outbox: Outbox,
 }
 
+/// An event stream that follows an HTTP session wherever its nickname and room go.
+struct Follower {
+    stream: SessionId,
+    outbox: Outbox,
+    nick: Nickname,
+    /// The room the stream currently carries; its receiver lets the stream drop events of a room
+    /// it has left and announce the new one.
+    room: watch::Sender<Option<RoomName>>,
+}
+
 #[derive(Default)]
 struct Routes {
     rooms: HashMap<RoomName, Vec<Member>>,
     users: HashMap<Nickname, Vec<Member>>,
+    followers: HashMap<SessionId, Vec<Follower>>,
 }
 
 /// Removes a session from `map[key]`; true when that leaves no local member under `key`.
@@ -147,8 +158,90 @@ impl Hub {
         detach(&mut self.write().users, nick, session);
     }
 
-    /// Hands an event to every local session that should see it.
-    pub fn deliver(&self, event: Arc<Broadcast>) {
+    /// Starts routing a session's events to one of its streams (`stream` is the stream's own id).
+    /// Returns the receiver of the room the stream carries from now on.
+    pub fn follow(
+        &self,
+        session: SessionId,
+        stream: SessionId,
+        nick: &Nickname,
+        room: Option<&RoomName>,
+        outbox: &Outbox,
+    ) -> watch::Receiver<Option<RoomName>> {
+        let mut routes = self.write();
+        attach(&mut routes.users, nick.clone(), stream, outbox);
+        if let Some(room) = room {
+            attach(&mut routes.rooms, room.clone(), stream, outbox);
+        }
+        let (room_tx, room_rx) = watch::channel(room.cloned());
+        let follower = Follower {
+            stream,
+            outbox: outbox.clone(),
+            nick: nick.clone(),
+            room: room_tx,
+        };
+        routes.followers.entry(session).or_default().push(follower);
+        room_rx
+    }
+
+    /// Stops routing to a stream opened with [`Hub::follow`].
+    pub fn unfollow(&self, session: SessionId, stream: SessionId) {
+        let mut routes = self.write();
+        let Some(followers) = routes.followers.get_mut(&session) else {
+            return;
+        };
+        let Some(at) = followers.iter().position(|f| f.stream == stream) else {
+            return;
+        };
+        let follower = followers.swap_remove(at);
+        if followers.is_empty() {
+            routes.followers.remove(&session);
+        }
+        detach(&mut routes.users, &follower.nick, stream);
+        if let Some(room) = follower.room.borrow().as_ref() {
+            detach(&mut routes.rooms, room, stream);
+        }
+    }
+
+    /// Re-routes a session's streams after its nickname or room changed.
+    fn apply_session_state(&self, session: SessionId, nick: &Nickname, room: Option<&RoomName>) {
+        let mut routes = self.write();
+        let Routes {
+            rooms,
+            users,
+            followers,
+        } = &mut *routes;
+        for follower in followers.get_mut(&session).into_iter().flatten() {
+            if follower.nick.as_str() != nick.as_str() {
+                detach(users, &follower.nick, follower.stream);
+                attach(users, nick.clone(), follower.stream, &follower.outbox);
+                follower.nick = nick.clone();
+            }
+            if follower.room.borrow().as_ref() != room {
+                if let Some(old) = follower.room.borrow().as_ref() {
+                    detach(rooms, old, follower.stream);
+                }
+                if let Some(new) = room {
+                    attach(rooms, new.clone(), follower.stream, &follower.outbox);
+                }
+                follower.room.send_replace(room.cloned());
+            }
+        }
+    }
+
+    /// Hands what the bus carried to every local session or stream that should see it.
+    pub fn deliver(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Event(event) => self.deliver_event(event),
+            Envelope::SessionState {
+                session,
+                nick,
+                room,
+            } => self.apply_session_state(session, &nick, room.as_ref()),
+        }
+    }
+
+    fn deliver_event(&self, event: Arc<Broadcast>) {
         match &event.event {
             Event::Message(message) => {
                 self.history.record(message);
@@ -205,9 +298,37 @@ mod tests {
         let (out_b, mut in_b) = queue(8);
         assert!(hub.enter_room(&room, a, &out_a));
         assert!(!hub.enter_room(&room, b, &out_b));
-        hub.deliver(room_event(&room, Some(a)));
+        hub.deliver(Envelope::Event(room_event(&room, Some(a))));
         assert!(in_b.rx.try_recv().is_ok());
         assert!(in_a.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_following_stream_moves_with_its_session() {
+        let hub = Hub::new(10);
+        let (one, two) = (
+            RoomName::parse("one").unwrap(),
+            RoomName::parse("two").unwrap(),
+        );
+        let nick = Nickname::parse("web").unwrap();
+        let (session, stream) = (SessionId::random(), SessionId::random());
+        let (out, mut inbox) = queue(8);
+        let room = hub.follow(session, stream, &nick, Some(&one), &out);
+        hub.deliver(Envelope::SessionState {
+            session,
+            nick: nick.clone(),
+            room: Some(two.clone()),
+        });
+        assert_eq!(room.borrow().as_ref(), Some(&two));
+        hub.deliver(Envelope::Event(room_event(&one, None)));
+        hub.deliver(Envelope::Event(room_event(&two, None)));
+        assert!(
+            matches!(&inbox.rx.try_recv().unwrap().event, Event::Room { room, .. } if *room == two)
+        );
+        assert!(inbox.rx.try_recv().is_err());
+        hub.unfollow(session, stream);
+        hub.deliver(Envelope::Event(room_event(&two, None)));
+        assert!(inbox.rx.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -229,7 +350,7 @@ mod tests {
         let (out, inbox) = queue(2);
         hub.register_user(&nick, SessionId::random(), &out);
         for _ in 0..3 {
-            hub.deliver(dm(&nick));
+            hub.deliver(Envelope::Event(dm(&nick)));
         }
         assert!(inbox.too_slow.is_cancelled());
         assert_eq!(inbox.rx.len(), 2);

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod model;
 pub mod names;
 pub mod session;
+pub mod stream;
 
 pub use chat::{Chat, Limits, Reply};
 pub use error::Error;

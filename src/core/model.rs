@@ -104,14 +104,37 @@ impl Event {
     }
 }
 
+/// An HTTP session as every replica sees it: kept in the shared session store between requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub nick: Nickname,
+    pub room: Option<Room>,
+}
+
+/// What the bus carries between pods.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    /// Something sessions see.
+    Event(Arc<Broadcast>),
+    /// An HTTP session's nickname or room changed: pods holding its event streams re-route them.
+    SessionState {
+        session: SessionId,
+        nick: Nickname,
+        room: Option<RoomName>,
+    },
+}
+
 /// An event on its way to many receivers.
 ///
-/// Shared by reference: a room of N members costs one allocation and one rendering per message,
-/// not N.
+/// Shared by reference: a room of N members costs one allocation and one rendering per message
+/// and wire format, not N.
 #[derive(Debug)]
 pub struct Broadcast {
     pub event: Event,
     line: OnceLock<Bytes>,
+    sse: OnceLock<Bytes>,
 }
 
 impl Broadcast {
@@ -119,7 +142,13 @@ impl Broadcast {
         Arc::new(Broadcast {
             event,
             line: OnceLock::new(),
+            sse: OnceLock::new(),
         })
+    }
+
+    /// The event as a Server-Sent Events frame, rendered by `render` for the first receiver.
+    pub fn sse_frame(&self, render: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.sse.get_or_init(|| render(&self.event))
     }
 
     /// The event's text line with its LF, rendered by the first receiver that needs it.

@@ -1,13 +1,13 @@
 //! One user's conversation state, whatever the transport: who they are, which room they are in,
-//! their rate limiter, their outbound queue, and which room messages they have already seen.
+//! their rate limiter, and which room messages they have already been shown.
 
 use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota};
 
 use super::hub::Outbox;
-use super::model::{Event, Room, SessionId, UserId};
-use super::names::Nickname;
+use super::model::{Event, Room, SessionId, SessionRecord, UserId};
+use super::names::{Nickname, RoomName};
 
 /// Which adapter a session came through; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,20 +31,66 @@ pub struct User {
     pub nick: Nickname,
 }
 
+/// What a receiver is looking at: the room whose events it shows, and the highest seq of that
+/// room it has shown (history or live), so a message that reaches it both ways shows once.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    room: Option<RoomName>,
+    cursor: i64,
+}
+
+impl View {
+    pub fn new(room: Option<RoomName>) -> Self {
+        View { room, cursor: 0 }
+    }
+
+    pub fn room(&self) -> Option<&RoomName> {
+        self.room.as_ref()
+    }
+
+    /// Switches to another room (or none); nothing of it has been shown yet.
+    pub fn move_to(&mut self, room: Option<RoomName>) {
+        self.room = room;
+        self.cursor = 0;
+    }
+
+    /// Records that everything up to `seq` of the current room has been shown.
+    pub fn shown_up_to(&mut self, seq: i64) {
+        self.cursor = self.cursor.max(seq);
+    }
+
+    /// Whether an event should be shown now: events of a room the receiver has left since they
+    /// were queued, and messages already shown, are not.
+    pub fn admit(&mut self, event: &Event) -> bool {
+        match event {
+            Event::Message(m) => {
+                if Some(&m.room) != self.room.as_ref() || m.seq <= self.cursor {
+                    return false;
+                }
+                self.cursor = m.seq;
+                true
+            }
+            Event::Room { room, .. } => Some(room) == self.room.as_ref(),
+            Event::Dm { .. } | Event::Notice(_) => true,
+        }
+    }
+}
+
 pub struct Session {
     pub id: SessionId,
     pub transport: Transport,
     pub(super) user: Option<User>,
     pub(super) room: Option<Room>,
-    /// The highest seq of the current room this session has been given (history or live), so a
-    /// message queued both ways around a join is shown once.
-    pub(super) cursor: i64,
-    pub(super) outbox: Outbox,
-    pub(super) limiter: DefaultDirectRateLimiter,
+    pub(super) view: View,
+    /// Live sessions (TCP) receive their events here, on this pod. Detached sessions (HTTP) have
+    /// none: their events go to whatever streams follow them, on any pod.
+    pub(super) outbox: Option<Outbox>,
+    /// A live session's own limiter; detached sessions share the pod's keyed one.
+    pub(super) limiter: Option<DefaultDirectRateLimiter>,
 }
 
 impl Session {
-    pub(super) fn new(
+    pub(super) fn live(
         transport: Transport,
         outbox: Outbox,
         per_sec: NonZeroU32,
@@ -55,12 +101,38 @@ impl Session {
             transport,
             user: None,
             room: None,
-            cursor: 0,
-            outbox,
-            limiter: DefaultDirectRateLimiter::direct(
+            view: View::default(),
+            outbox: Some(outbox),
+            limiter: Some(DefaultDirectRateLimiter::direct(
                 Quota::per_second(per_sec).allow_burst(burst),
-            ),
+            )),
         }
+    }
+
+    pub(super) fn detached(record: SessionRecord) -> Self {
+        Session {
+            id: record.id,
+            transport: Transport::Http,
+            user: Some(User {
+                id: record.user_id,
+                nick: record.nick,
+            }),
+            view: View::new(record.room.as_ref().map(|r| r.name.clone())),
+            room: record.room,
+            outbox: None,
+            limiter: None,
+        }
+    }
+
+    /// The shareable form of a logged-in session.
+    pub fn record(&self) -> Option<SessionRecord> {
+        let user = self.user.as_ref()?;
+        Some(SessionRecord {
+            id: self.id,
+            user_id: user.id,
+            nick: user.nick.clone(),
+            room: self.room.clone(),
+        })
     }
 
     pub fn nick(&self) -> Option<&Nickname> {
@@ -71,21 +143,8 @@ impl Session {
         self.room.as_ref()
     }
 
-    /// Whether an event taken from the outbound queue should still be shown, given where the
-    /// session is now: it may have left the room since the event was queued, or have seen the
-    /// message already in the history block of a join.
+    /// See [`View::admit`].
     pub fn admit(&mut self, event: &Event) -> bool {
-        let current = self.room.as_ref().map(|r| &r.name);
-        match event {
-            Event::Message(m) => {
-                if Some(&m.room) != current || m.seq <= self.cursor {
-                    return false;
-                }
-                self.cursor = m.seq;
-                true
-            }
-            Event::Room { room, .. } => Some(room) == current,
-            Event::Dm { .. } | Event::Notice(_) => true,
-        }
+        self.view.admit(event)
     }
 }
