@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adapters::http::{self, AppState};
 use crate::adapters::tcp::TcpServer;
 use crate::bus::{Bus, local::LocalBus};
 use crate::config::Config;
@@ -19,6 +21,9 @@ use crate::store::postgres::PgStore;
 use crate::store::{Store, memory::MemoryStore, retention};
 use crate::telemetry;
 
+/// How often expired HTTP sessions are looked for.
+const SESSION_SWEEP: Duration = Duration::from_secs(5);
+
 pub struct App {
     config: Config,
     /// Set when storing in PostgreSQL: the retention job runs against it.
@@ -27,6 +32,9 @@ pub struct App {
     commit_task: futures::future::BoxFuture<'static, ()>,
     tcp: TcpServer,
     tcp_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+    started: Instant,
     shutdown: CancellationToken,
 }
 
@@ -62,7 +70,11 @@ impl App {
             .with_context(|| format!("binding the TCP port {}", config.tcp_port))?;
         let tcp_addr = tcp_listener.local_addr()?;
         let tcp = TcpServer::new(tcp_listener, chat.clone(), &config);
-        tracing::info!(tcp = %tcp_addr, "listening");
+        let http_listener = TcpListener::bind((config.bind_address, config.http_port))
+            .await
+            .with_context(|| format!("binding the HTTP port {}", config.http_port))?;
+        let http_addr = http_listener.local_addr()?;
+        tracing::info!(tcp = %tcp_addr, http = %http_addr, "listening");
         Ok(App {
             config,
             postgres,
@@ -70,12 +82,19 @@ impl App {
             commit_task: Box::pin(commit_task),
             tcp,
             tcp_addr,
+            http_listener,
+            http_addr,
+            started: Instant::now(),
             shutdown: CancellationToken::new(),
         })
     }
 
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Cancelling this token starts the drain.
@@ -92,6 +111,8 @@ impl App {
             chat,
             commit_task,
             tcp,
+            http_listener,
+            started,
             shutdown,
             ..
         } = self;
@@ -102,6 +123,18 @@ impl App {
             shutdown.clone(),
         ));
         tracker.spawn(tcp.serve(tracker.clone(), shutdown.clone()));
+        let state = AppState {
+            chat: chat.clone(),
+            shutdown: shutdown.clone(),
+            started,
+            instance: config.instance_id.as_str().into(),
+            session_idle_secs: config.session_idle_timeout_secs as i64,
+        };
+        tracker.spawn(http::serve(http_listener, state));
+        tracker.spawn(
+            chat.clone()
+                .run_session_expiry(SESSION_SWEEP, shutdown.clone()),
+        );
         if let Some(pg) = postgres {
             tracker.spawn(retention::run(
                 pg,

@@ -16,5 +16,6 @@ pub mod app;
 pub mod bus;
 pub mod config;
 pub mod core;
+pub mod health;
 pub mod store;
 pub mod telemetry;

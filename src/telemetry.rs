@@ -24,6 +24,7 @@ pub mod metric {
     pub const BUS_PUBLISH_DURATION: &str = "chat_bus_publish_duration_seconds";
     pub const DROPPED: &str = "chat_dropped_total";
     pub const COMMIT_BATCH_SIZE: &str = "chat_commit_batch_size";
+    pub const HTTP_REQUEST_DURATION: &str = "chat_http_request_duration_seconds";
 }
 
 /// Installs the tracing subscriber. Every line carries the instance id through the root span

@@ -42,6 +42,10 @@ impl LocalBus {
 
 #[async_trait]
 impl Bus for LocalBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         self.hub.deliver(envelope);
         Ok(())

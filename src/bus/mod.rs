@@ -23,6 +23,9 @@ pub enum BusError {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Answers when the bus can serve (readiness).
+    async fn ping(&self) -> Result<(), BusError>;
+
     /// Delivers an event (or a session's new state) to every pod that should see it.
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
 

@@ -7,6 +7,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -63,6 +64,8 @@ pub struct Chat {
     /// Detached sessions have no state of their own on this pod between requests, so their
     /// limits are kept here, by session id.
     detached_limiter: DefaultKeyedRateLimiter<SessionId>,
+    /// Open connections and streams on this pod (for health; the metric has them by transport).
+    connections: AtomicUsize,
 }
 
 impl Chat {
@@ -80,8 +83,31 @@ impl Chat {
             hub,
             committer,
             detached_limiter: DefaultKeyedRateLimiter::keyed(quota),
+            connections: AtomicUsize::new(0),
             limits,
         }
+    }
+
+    /// Counts a connection or stream opening (+1) or closing (-1) on this pod.
+    pub fn count_connection(&self, transport: &'static str, opened: bool) {
+        let gauge = metrics::gauge!(metric::CONNECTIONS, "transport" => transport);
+        if opened {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            gauge.increment(1);
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            gauge.decrement(1);
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store and the bus both answer.
+    pub async fn ping(&self) -> (Result<(), Error>, Result<(), Error>) {
+        let (store, bus) = tokio::join!(self.store.ping(), self.bus.ping());
+        (store.map_err(Error::from), bus.map_err(Error::from))
     }
 
     /// A new, anonymous live session and the queue its events arrive in.

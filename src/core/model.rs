@@ -14,8 +14,14 @@ use super::names::{Nickname, RoomName};
 pub struct SessionId(pub uuid::Uuid);
 
 impl SessionId {
+    /// 128 random bits: session ids are bearer tokens, so all of them are unguessable.
     pub fn random() -> Self {
-        SessionId(uuid::Uuid::new_v4())
+        SessionId(uuid::Uuid::from_u128(rand::random()))
+    }
+
+    /// Parses the 32-hex-digit form (hyphenated UUIDs are accepted too).
+    pub fn parse(raw: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(raw.trim()).ok().map(SessionId)
     }
 }
 

@@ -58,6 +58,10 @@ impl State {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError> {
         let mut state = self.state();
         if let Some(id) = state.users.get(nick) {

@@ -22,6 +22,9 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Answers when the store can serve (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Finds or creates the user with this nickname (case-insensitively).
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError>;
 

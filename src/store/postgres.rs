@@ -125,6 +125,14 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(failed("pinging PostgreSQL"))?;
+        Ok(())
+    }
+
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError> {
         // DO UPDATE (not NOTHING) so that RETURNING yields the row either way; it also records
         // the spelling most recently used.

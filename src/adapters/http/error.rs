@@ -1,0 +1,119 @@
+//! The API's one error type and its envelope: `{"success":false,"error":"…"}` with a status that
+//! fits. Core errors keep their words; only here do they get a status code.
+
+use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::core::Error;
+
+/// How long a client should wait before retrying a 503, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// The request body could not be read as the JSON the route takes.
+    #[error("{message}")]
+    Body { status: StatusCode, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Body { status, .. } => *status,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Core(e) => match e {
+                Error::UnknownSession => StatusCode::UNAUTHORIZED,
+                Error::NoSuchRoom(_) | Error::UnknownUser(_) => StatusCode::NOT_FOUND,
+                Error::NicknameInUse(_) | Error::RoomExists(_) => StatusCode::CONFLICT,
+                Error::MessageTooLong | Error::LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+                Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                Error::Store(_) | Error::Bus(_) | Error::ShuttingDown | Error::ServerFull => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Error::UnknownCommand(_)
+                | Error::MissingArgument(_)
+                | Error::InvalidName(_)
+                | Error::NotInRoom
+                | Error::DmToSelf => StatusCode::BAD_REQUEST,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Failure {
+    success: bool,
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            // Logged once, here, with its cause; the client gets the words only.
+            let cause = std::error::Error::source(&self)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            tracing::warn!(%status, error = %self, %cause, "request failed");
+        }
+        let body = Json(Failure {
+            success: false,
+            error: self.to_string(),
+        });
+        let mut response = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::Body {
+            status,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections use the API's envelope.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `{"success":true,"data":…}`.
+pub struct Data<T>(pub T);
+
+#[derive(Serialize)]
+struct Success<T> {
+    success: bool,
+    data: T,
+}
+
+impl<T: Serialize> IntoResponse for Data<T> {
+    fn into_response(self) -> Response {
+        Json(Success {
+            success: true,
+            data: self.0,
+        })
+        .into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<Data<T>, ApiError>;

@@ -1,0 +1,99 @@
+//! The browser adapter: the JSON API, Server-Sent Events, health, metrics and the web page, over
+//! the same core as TCP.
+
+mod api;
+mod auth;
+mod error;
+pub mod openapi;
+mod sse;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::core::Chat;
+use crate::health;
+use crate::telemetry::metric;
+
+/// The largest request body accepted (a 2,000-character message in JSON is far below it).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a non-streaming request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub chat: Arc<Chat>,
+    /// Cancelled when the pod starts draining: readiness turns 503, streams end.
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+    pub instance: Arc<str>,
+    pub session_idle_secs: i64,
+}
+
+/// Every route, with its middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/connect", post(api::post_connect))
+        .route("/api/disconnect", post(api::post_disconnect))
+        .route("/api/command", post(api::post_command))
+        .route("/api/message", post(api::post_message))
+        .route("/api/rooms", get(api::get_rooms))
+        .route("/api/rooms/{room}/history", get(api::get_history))
+        .route("/api/openapi.json", get(openapi::get_openapi))
+        .route("/api/health", get(health::get_health))
+        .route("/health", get(health::get_health))
+        .route("/health/ready", get(health::get_ready))
+        .route("/metrics", get(health::get_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    // Streams live as long as the client wants: no request timeout for them.
+    let streams = Router::new()
+        .route("/api/messages/{room}", get(sse::get_room_stream))
+        .route("/api/events", get(sse::get_session_stream));
+    api.merge(streams)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(record_duration))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `chat_http_request_duration_seconds{route,status}`; the route is the pattern, never the raw
+/// path, so label values stay few.
+async fn record_duration(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(metric::HTTP_REQUEST_DURATION, "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves until `shutdown`; open streams end by themselves on the same token.
+pub async fn serve(listener: TcpListener, state: AppState) {
+    let shutdown = state.shutdown.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}

@@ -1,0 +1,315 @@
+//! Server-Sent Events: `/api/messages/{room}` (one room) and `/api/events` (all a session sees).
+//!
+//! The body is written by hand rather than through axum's `Sse` so that a message's frame is
+//! rendered once and the same bytes go to every subscriber. A stream ends on its own when the
+//! server drains (after a notice) — open streams would otherwise hold up shutdown (axum #2673) —
+//! or when its queue overflows because the client reads too slowly.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::api::resume;
+use super::auth::Credentials;
+use super::error::ApiError;
+use crate::core::model::{Broadcast, ChatMessage, Event, SessionId};
+use crate::core::names::RoomName;
+use crate::core::stream::EventStream;
+use crate::core::{Chat, Error};
+use crate::telemetry::metric;
+
+/// A comment line every this often keeps proxies from closing an idle stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Events written per wake-up.
+const BATCH: usize = 256;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamQuery {
+    /// The session, when not sent as a bearer token or cookie.
+    #[serde(rename = "sessionId")]
+    pub session_id: Option<String>,
+    /// Resume after this seq, for clients that cannot set `Last-Event-ID`.
+    #[serde(rename = "last_event_id")]
+    pub last_event_id: Option<i64>,
+}
+
+/// Streams one room's messages and events.
+#[utoipa::path(get, path = "/api/messages/{room}", params(("room" = String, Path), StreamQuery),
+    responses((status = 200, content_type = "text/event-stream"), (status = 401), (status = 404)))]
+pub async fn get_room_stream(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+    credentials: Credentials,
+) -> Result<Response, ApiError> {
+    let session = resume(&state.chat, credentials, query.session_id.as_deref()).await?;
+    let name = RoomName::parse(&room).map_err(Error::from)?;
+    let room = state.chat.find_room(&name).await?;
+    let stream = state
+        .chat
+        .open_room_stream(&room, last_event_id(&headers, &query))
+        .await?;
+    Ok(respond(stream, &state, session.id))
+}
+
+/// Streams everything the session would see on TCP: its room (following it), DMs, room events.
+#[utoipa::path(get, path = "/api/events", params(StreamQuery),
+    responses((status = 200, content_type = "text/event-stream"), (status = 401)))]
+pub async fn get_session_stream(
+    State(state): State<AppState>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+    credentials: Credentials,
+) -> Result<Response, ApiError> {
+    let session = resume(&state.chat, credentials, query.session_id.as_deref()).await?;
+    let record = session.record().ok_or(Error::UnknownSession)?;
+    let stream = state
+        .chat
+        .open_session_stream(&record, last_event_id(&headers, &query))
+        .await?;
+    Ok(respond(stream, &state, session.id))
+}
+
+fn last_event_id(headers: &HeaderMap, query: &StreamQuery) -> Option<i64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query.last_event_id)
+}
+
+fn respond(stream: EventStream, state: &AppState, session: SessionId) -> Response {
+    let writer = Writer::new(stream, state.chat.clone(), session, state.shutdown.clone());
+    let body = Body::from_stream(futures::stream::unfold(writer, |mut w| async move {
+        w.next_chunk()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), w))
+    }));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies (the Ingress) not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Turns an [`EventStream`] into body chunks.
+struct Writer {
+    stream: EventStream,
+    chat: Arc<Chat>,
+    session: SessionId,
+    shutdown: CancellationToken,
+    keepalive: tokio::time::Interval,
+    ready: VecDeque<Bytes>,
+    events: Vec<Arc<Broadcast>>,
+    finished: bool,
+}
+
+impl Writer {
+    fn new(
+        mut stream: EventStream,
+        chat: Arc<Chat>,
+        session: SessionId,
+        shutdown: CancellationToken,
+    ) -> Self {
+        chat.count_connection("sse", true);
+        let mut ready = VecDeque::new();
+        ready.push_back(frame(
+            "connected",
+            None,
+            &Connected {
+                room: stream.view.room().map(|r| r.to_string()),
+            },
+        ));
+        let catch_up = std::mem::take(&mut stream.catch_up);
+        if catch_up.reset {
+            let oldest = catch_up.messages.first().map(|m| m.seq);
+            ready.push_back(frame(
+                "reset",
+                None,
+                &Reset {
+                    room: stream.view.room().map(|r| r.to_string()),
+                    oldest_seq: oldest,
+                },
+            ));
+        }
+        ready.extend(catch_up.messages.into_iter().map(|m| message_frame(&m)));
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.reset();
+        Writer {
+            stream,
+            chat,
+            session,
+            shutdown,
+            keepalive,
+            ready,
+            events: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// The next piece of the body; `None` ends the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                return Some(chunk);
+            }
+            if self.finished {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    self.finished = true;
+                    let notice = Notice { text: "Server restarting, please reconnect" };
+                    self.ready.push_back(frame("system", None, &notice));
+                }
+                _ = self.stream.inbox.too_slow.cancelled() => return None,
+                // A followed session moved: show the new room from here on.
+                Ok(()) = self.stream.room_changes.changed() => {
+                    let room = self.stream.room_changes.borrow_and_update().clone();
+                    self.ready.push_back(frame("connected", None, &Connected { room: room.as_ref().map(|r| r.to_string()) }));
+                    self.stream.view.move_to(room);
+                }
+                received = self.stream.inbox.rx.recv_many(&mut self.events, BATCH) => {
+                    if received == 0 {
+                        return None;
+                    }
+                    self.take_events();
+                }
+                _ = self.keepalive.tick() => {
+                    // An open stream keeps its session alive; a session that ended ends the stream.
+                    match self.chat.touch(self.session).await {
+                        Ok(false) => return None,
+                        Ok(true) | Err(_) => self.ready.push_back(Bytes::from_static(b": keepalive\n\n")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_events(&mut self) {
+        let now = OffsetDateTime::now_utc();
+        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
+        let mut delivered = 0;
+        for event in self.events.drain(..) {
+            if !self.stream.view.admit(&event.event) {
+                continue;
+            }
+            if let Event::Message(m) = &event.event {
+                latency.record((now - m.created_at).as_seconds_f64().max(0.0));
+                delivered += 1;
+            }
+            self.ready.push_back(event.sse_frame(render).clone());
+        }
+        metrics::counter!(metric::DELIVERIES, "transport" => "sse").increment(delivered);
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.chat.count_connection("sse", false);
+    }
+}
+
+#[derive(Serialize)]
+struct Connected {
+    room: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Reset {
+    room: Option<String>,
+    oldest_seq: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Notice {
+    text: &'static str,
+}
+
+#[derive(Serialize)]
+struct MessageData<'a> {
+    id: i64,
+    seq: i64,
+    room: &'a str,
+    user: &'a str,
+    content: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    timestamp: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+struct RoomEventData<'a> {
+    room: &'a str,
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct DmData<'a> {
+    from: &'a str,
+    to: &'a str,
+    content: &'a str,
+}
+
+fn frame(event: &str, id: Option<i64>, data: &impl Serialize) -> Bytes {
+    // serde_json escapes newlines inside strings, so the data is always a single line.
+    let json = serde_json::to_string(data).expect("event data serializes");
+    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+    Bytes::from(format!("event: {event}\n{id}data: {json}\n\n"))
+}
+
+fn message_frame(m: &ChatMessage) -> Bytes {
+    let data = MessageData {
+        id: m.id,
+        seq: m.seq,
+        room: m.room.as_str(),
+        user: m.user.as_str(),
+        content: &m.content,
+        timestamp: m.created_at,
+    };
+    frame("message", Some(m.seq), &data)
+}
+
+/// The SSE frame of an event; called once per broadcast, whatever the number of subscribers.
+fn render(event: &Event) -> Bytes {
+    match event {
+        Event::Message(m) => message_frame(m),
+        Event::Room { room, text, .. } => frame(
+            "system",
+            None,
+            &RoomEventData {
+                room: room.as_str(),
+                text,
+            },
+        ),
+        Event::Dm { from, to, content } => frame(
+            "dm",
+            None,
+            &DmData {
+                from: from.as_str(),
+                to: to.as_str(),
+                content,
+            },
+        ),
+        Event::Notice(text) => frame("system", None, &RoomEventData { room: "", text }),
+    }
+}
