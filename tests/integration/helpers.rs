@@ -29,6 +29,7 @@ pub fn test_config() -> Config {
 
 pub struct TestApp {
     pub tcp: SocketAddr,
+    pub http: SocketAddr,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -47,17 +48,33 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config();
     configure(&mut config);
     let app = App::build(config).await.expect("the app builds");
-    let tcp = app.tcp_addr();
+    let (tcp, http) = (app.tcp_addr(), app.http_addr());
     let shutdown = app.shutdown_token();
     let running = Some(tokio::spawn(app.run_until_stopped()));
     TestApp {
         tcp,
+        http,
         shutdown,
         running,
     }
 }
 
 impl TestApp {
+    /// Starts the drain (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for a drain begun with `begin_shutdown` to finish.
+    pub async fn stopped(mut self) {
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the server task")
+                .expect("a clean stop");
+        }
+    }
+
     /// Drains the server as SIGTERM would and waits until it has stopped.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

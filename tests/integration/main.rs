@@ -2,6 +2,8 @@
 //! loopback port 0 (and, where it needs them, its own throwaway PostgreSQL / Valkey).
 
 mod helpers;
+mod http;
+mod http_client;
 mod postgres;
 mod services;
 mod tcp_commands;

@@ -1,0 +1,493 @@
+//! SPEC §4 over real HTTP: every route, every error status, sessions by body, bearer and cookie,
+//! TCP and HTTP users together, and SSE streams with lossless resume.
+
+use std::num::NonZeroU32;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::http_client::Http;
+
+#[tokio::test]
+async fn connect_command_message_rooms_history_and_disconnect_succeed() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let (status, body) = http
+        .post("/api/connect", json!({ "nickname": "web" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["success"], true);
+    assert_eq!(body["data"]["nickname"], "web");
+    assert!(body["data"]["userId"].is_i64());
+    let session = body["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(session.len(), 32, "a 128-bit token in hex");
+
+    assert_eq!(
+        http.command(&session, "/create lobby").await,
+        "Created and joined room: lobby\n--- Recent Messages ---\nNo recent messages\n---"
+    );
+    let posted = http.message(&session, "hello").await;
+    assert_eq!(posted["room"], "lobby");
+    assert_eq!(posted["seq"], 1);
+    assert!(posted["id"].is_i64());
+    assert_eq!(
+        http.command(&session, "second line").await,
+        "[lobby] web: second line"
+    );
+
+    let (status, rooms) = http.get("/api/rooms").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rooms["data"]["rooms"][0]["name"], "lobby");
+    assert_eq!(rooms["data"]["rooms"][0]["memberCount"], 1);
+    assert!(rooms["data"]["rooms"][0]["createdAt"].is_string());
+
+    let (status, history) = http.get("/api/rooms/lobby/history?limit=10").await;
+    assert_eq!(status, StatusCode::OK);
+    let messages = history["data"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0]["content"], "hello");
+    assert_eq!(messages[1]["seq"], 2);
+    for field in ["id", "seq", "room", "user", "content", "createdAt"] {
+        assert!(
+            messages[0].get(field).is_some(),
+            "history messages carry {field}"
+        );
+    }
+    let (_, page) = http.get("/api/rooms/lobby/history?limit=1&before=2").await;
+    assert_eq!(page["data"]["messages"][0]["content"], "hello");
+
+    let (status, body) = http
+        .post("/api/disconnect", json!({ "sessionId": session }))
+        .await;
+    assert_eq!(
+        (status, body["success"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let (status, _) = http
+        .post(
+            "/api/command",
+            json!({ "sessionId": session, "command": "/help" }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a disconnected session is gone"
+    );
+    // And its nickname is free again.
+    http.connect("web").await;
+}
+
+#[tokio::test]
+async fn each_error_has_its_status_and_the_envelope() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_sec = NonZeroU32::new(1).unwrap();
+        c.rate_limit_burst = NonZeroU32::new(8).unwrap();
+    })
+    .await;
+    let http = Http::new(app.http);
+    let session = http.connect("web").await;
+    http.connect("other").await;
+    let cases = [
+        (
+            "/api/connect",
+            json!({ "nickname": "bad name!" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/connect",
+            json!({ "nick": "missing field" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/connect",
+            json!({ "nickname": "OTHER" }),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "/api/command",
+            json!({ "sessionId": "0123", "command": "/help" }),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/command",
+            json!({ "command": "/help" }),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/command",
+            json!({ "sessionId": session, "command": "/join nowhere" }),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/command",
+            json!({ "sessionId": session, "command": "/dance" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/message",
+            json!({ "sessionId": session, "content": "not in a room" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/command",
+            json!({ "sessionId": session, "command": "/create r" }),
+            StatusCode::OK,
+        ),
+        (
+            "/api/command",
+            json!({ "sessionId": session, "command": "/create R" }),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "/api/message",
+            json!({ "sessionId": session, "content": "x".repeat(2001) }),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let (status, reply) = http.post(path, body.clone()).await;
+        assert_eq!(status, expected, "{path} {body}: {reply}");
+        if expected != StatusCode::OK {
+            assert_eq!(reply["success"], false);
+            assert!(
+                reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{reply}"
+            );
+        }
+    }
+    let (status, reply) = http.get("/api/rooms/nowhere/history").await;
+    assert_eq!(
+        (status, reply["error"].as_str().unwrap()),
+        (StatusCode::NOT_FOUND, "No such room: nowhere")
+    );
+
+    let malformed = http.post_raw("/api/command", "{not json").await;
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        malformed.json::<serde_json::Value>().await.unwrap()["success"],
+        false
+    );
+    let oversize = http
+        .post_raw(
+            "/api/message",
+            format!("{{\"content\":\"{}\"}}", "y".repeat(100_000)),
+        )
+        .await;
+    assert_eq!(oversize.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // The burst allowance is spent by now (8, one a second); the next commands are refused.
+    let mut limited = None;
+    for _ in 0..10 {
+        let (status, reply) = http
+            .post(
+                "/api/command",
+                json!({ "sessionId": session, "command": "/rooms" }),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+    }
+    assert_eq!(
+        limited.expect("rate limited")["error"],
+        "Rate limit exceeded"
+    );
+}
+
+#[tokio::test]
+async fn the_session_may_travel_as_a_bearer_token_or_a_cookie() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let session = http.connect("web").await;
+    let client = reqwest::Client::new();
+    let bearer = client
+        .post(http.url("/api/command"))
+        .bearer_auth(&session)
+        .json(&json!({ "command": "/create r" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    let cookie = client
+        .post(http.url("/api/message"))
+        .header("cookie", format!("theme=dark; sessionId={session}"))
+        .json(&json!({ "content": "by cookie" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cookie.status(), StatusCode::OK);
+
+    // /api/connect sets the cookie itself.
+    let response = client
+        .post(http.url("/api/connect"))
+        .json(&json!({ "nickname": "jar" }))
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.starts_with("sessionId=") && set_cookie.contains("HttpOnly"),
+        "{set_cookie}"
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_user_and_an_http_user_see_each_others_messages_and_dms() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("mixed").await;
+    let web = http.connect("web").await;
+    let mut events = http
+        .stream(&format!("/api/events?sessionId={web}"), None)
+        .await;
+    assert_eq!(events.expect("connected").await, json!({ "room": null }));
+    http.command(&web, "/join mixed").await;
+    assert_eq!(events.expect("connected").await, json!({ "room": "mixed" }));
+    nc.expect("[system] web joined mixed").await;
+
+    nc.send("hello browser").await;
+    nc.expect("[mixed] nc: hello browser").await;
+    let message = events.expect("message").await;
+    assert_eq!(
+        (message["user"].as_str(), message["content"].as_str()),
+        (Some("nc"), Some("hello browser"))
+    );
+    for field in ["id", "seq", "room", "timestamp"] {
+        assert!(message.get(field).is_some(), "message events carry {field}");
+    }
+    http.message(&web, "hello terminal").await;
+    nc.expect("[mixed] web: hello terminal").await;
+    assert_eq!(events.expect("message").await["content"], "hello terminal");
+
+    nc.send("/dm web psst").await;
+    nc.expect("[DM to web] psst").await;
+    assert_eq!(
+        events.expect("dm").await,
+        json!({ "from": "nc", "to": "web", "content": "psst" })
+    );
+    nc.send("/nick netcat").await;
+    nc.expect("You are now known as netcat").await;
+    assert_eq!(
+        events.expect("system").await,
+        json!({ "room": "mixed", "text": "nc is now known as netcat" })
+    );
+    assert_eq!(
+        http.command(&web, "/list").await,
+        "Users in mixed: netcat, web"
+    );
+}
+
+#[tokio::test]
+async fn a_room_stream_has_strictly_increasing_ids_and_resumes_without_gap_or_duplicate() {
+    let app = spawn_app_with(|c| c.rate_limit_burst = NonZeroU32::new(1000).unwrap()).await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("feed").await;
+    let web = http.connect("web").await;
+    let path = format!("/api/messages/feed?sessionId={web}");
+    let mut stream = http.stream(&path, None).await;
+    assert_eq!(stream.expect("connected").await, json!({ "room": "feed" }));
+    let mut last = 0;
+    for i in 0..20 {
+        nc.send(&format!("m{i}")).await;
+        nc.expect(&format!("[feed] nc: m{i}")).await;
+        let event = stream.next().await;
+        assert_eq!(event.event, "message");
+        let seq: i64 = event.id.parse().unwrap();
+        assert!(seq > last, "ids strictly increase");
+        last = seq;
+    }
+    drop(stream);
+
+    // Five messages while the browser was away.
+    for i in 0..5 {
+        nc.send(&format!("missed {i}")).await;
+    }
+    for i in 0..5 {
+        nc.expect(&format!("[feed] nc: missed {i}")).await;
+    }
+    let mut resumed = http.stream(&path, Some(last)).await;
+    resumed.expect("connected").await;
+    for i in 0..5 {
+        let event = resumed.next().await;
+        assert_eq!(event.id, (last + 1 + i).to_string());
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&event.data).unwrap()["content"],
+            format!("missed {i}")
+        );
+    }
+    nc.send("live again").await;
+    let live = resumed.next().await;
+    assert_eq!(
+        live.id,
+        (last + 6).to_string(),
+        "no gap and no duplicate at the switch to live"
+    );
+
+    // The query parameter works for clients that cannot set headers.
+    let mut by_query = http
+        .stream(&format!("{path}&last_event_id={}", last + 4), None)
+        .await;
+    by_query.expect("connected").await;
+    assert_eq!(by_query.next().await.id, (last + 5).to_string());
+}
+
+#[tokio::test]
+async fn resuming_further_back_than_retention_says_reset() {
+    let app = spawn_app_with(|c| c.retention_per_room = 5).await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("short").await;
+    for i in 1..=12 {
+        nc.send(&format!("m{i}")).await;
+        nc.expect(&format!("[short] nc: m{i}")).await;
+    }
+    let web = http.connect("web").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/short?sessionId={web}"), Some(2))
+        .await;
+    stream.expect("connected").await;
+    assert_eq!(
+        stream.expect("reset").await,
+        json!({ "room": "short", "oldestSeq": 8 })
+    );
+    for seq in 8..=12 {
+        assert_eq!(stream.next().await.id, seq.to_string());
+    }
+}
+
+#[tokio::test]
+async fn a_slow_sse_reader_is_closed_without_stalling_others() {
+    let app = spawn_app_with(|c| {
+        c.send_queue_lines = 64;
+        c.rate_limit_per_sec = NonZeroU32::new(100_000).unwrap();
+        c.rate_limit_burst = NonZeroU32::new(100_000).unwrap();
+    })
+    .await;
+    let http = Http::new(app.http);
+    let mut sender = app.login("sender").await;
+    sender.create("busy").await;
+    let web = http.connect("web").await;
+    // Opened, then never read: its queue fills once the socket buffers do.
+    let slow = http
+        .stream(&format!("/api/messages/busy?sessionId={web}"), None)
+        .await;
+    let mut fast = http
+        .stream(&format!("/api/messages/busy?sessionId={web}"), None)
+        .await;
+    fast.expect("connected").await;
+    let body = "z".repeat(1900);
+    let count = 6000;
+    let sending = tokio::spawn(async move {
+        for i in 0..count {
+            sender.send(&format!("{i} {body}")).await;
+            assert!(
+                sender
+                    .line()
+                    .await
+                    .starts_with(&format!("[busy] sender: {i} "))
+            );
+        }
+    });
+    for i in 0..count {
+        let event = fast.next().await;
+        assert_eq!(
+            event.id,
+            (i + 1).to_string(),
+            "the fast reader got every message in order"
+        );
+    }
+    sending.await.unwrap();
+    let mut slow = slow;
+    let mut read = 0;
+    while slow.try_next().await.is_some() {
+        read += 1;
+    }
+    assert!(
+        read < count,
+        "the slow stream was closed after {read} events"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_open_streams_with_a_notice_within_the_grace_time() {
+    let app = spawn_app_with(|c| c.shutdown_grace_secs = 5).await;
+    let http = Http::new(app.http);
+    let web = http.connect("web").await;
+    http.command(&web, "/create r").await;
+    let mut room_stream = http
+        .stream(&format!("/api/messages/r?sessionId={web}"), None)
+        .await;
+    let mut events = http
+        .stream(&format!("/api/events?sessionId={web}"), None)
+        .await;
+    room_stream.expect("connected").await;
+    events.expect("connected").await;
+    let started = std::time::Instant::now();
+    app.begin_shutdown();
+    for stream in [&mut room_stream, &mut events] {
+        assert_eq!(
+            stream.expect("system").await["text"],
+            "Server restarting, please reconnect"
+        );
+        assert!(stream.try_next().await.is_none(), "the stream ends");
+    }
+    app.stopped().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "stopped within the grace period"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_api_routes() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let (status, doc) = http.get("/api/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/command",
+            "/api/connect",
+            "/api/disconnect",
+            "/api/events",
+            "/api/message",
+            "/api/messages/{room}",
+            "/api/rooms",
+            "/api/rooms/{room}/history",
+        ]
+    );
+    // Every documented operation is routed (no 404 or 405 from the router).
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let url = http.url(&path.replace("{room}", "anything"));
+            let response = reqwest::Client::new()
+                .request(method.to_uppercase().parse().unwrap(), url)
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status() != StatusCode::NOT_FOUND
+                    || response.headers()["content-type"] == "application/json",
+                "{method} {path} is routed"
+            );
+            assert_ne!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+        }
+    }
+}
