@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -165,11 +165,21 @@ impl Writer {
         }
     }
 
-    /// The next piece of the body; `None` ends the response.
+    /// The next piece of the body: every frame ready now, in one chunk (one write, not one per
+    /// frame); `None` ends the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(chunk) = self.ready.pop_front() {
-                return Some(chunk);
+            match self.ready.len() {
+                0 => {}
+                1 => return self.ready.pop_front(),
+                _ => {
+                    let mut chunk =
+                        BytesMut::with_capacity(self.ready.iter().map(Bytes::len).sum());
+                    self.ready
+                        .drain(..)
+                        .for_each(|frame| chunk.extend_from_slice(&frame));
+                    return Some(chunk.freeze());
+                }
             }
             if self.finished {
                 return None;

@@ -1,16 +1,18 @@
-//! The `chat` mode: paced senders, counting receivers.
+//! The `chat` mode: paced senders (TCP or HTTP), counting receivers (TCP or SSE).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
-use tokio::io::AsyncWriteExt;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
+use tokio_stream::wrappers::LinesStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatArgs;
+use crate::http::WebUser;
 use crate::report::{Receiver, Report};
 use crate::tcp::Member;
 
@@ -26,67 +28,122 @@ pub fn unix_nanos() -> u64 {
         .as_nanos() as u64
 }
 
+/// Where a sender's messages go.
+enum Port {
+    /// Everything due goes out in one write; the echo is the acknowledgement.
+    Tcp(OwnedWriteHalf),
+    /// One POST per message, each awaited (its 200 is the acknowledgement).
+    Http(WebUser),
+}
+
 pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
     let run_id: u32 = rand::random();
+    let nick = |kind: &str, i: usize| format!("lg{run_id:08x}_{kind}{i}");
+    let room = args.room.as_str();
     let members: Vec<Member> = futures::stream::iter(0..args.members)
         .map(|i| {
-            let addr = args.endpoints[i % args.endpoints.len()];
-            let nick = format!("lg{run_id:08x}_{i}");
-            let room = args.room.clone();
-            async move { Member::join(addr, &nick, Some(&room)).await }
+            Member::join(
+                args.endpoints[i % args.endpoints.len()],
+                nick("t", i),
+                Some(room),
+            )
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await
-        .context("setting up members")?;
+        .context("setting up TCP members")?;
+    let web_http = |i: usize| args.http_endpoints[i % args.http_endpoints.len()];
+    let subscribers: Vec<WebUser> = futures::stream::iter(0..args.sse_members)
+        .map(|i| {
+            WebUser::connect(
+                reqwest::Client::new(),
+                web_http(i),
+                nick("s", i),
+                Some(room),
+            )
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await
+        .context("setting up SSE members")?;
+    let posters: Vec<WebUser> = futures::stream::iter(0..args.http_senders)
+        .map(|i| {
+            WebUser::connect(
+                reqwest::Client::new(),
+                web_http(i),
+                nick("h", i),
+                Some(room),
+            )
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await
+        .context("setting up HTTP senders")?;
+    let senders = args.senders + args.http_senders;
     eprintln!(
-        "{} members joined {}; sending for {}s",
-        members.len(),
-        args.room,
-        args.duration
+        "{} TCP + {} SSE members, {} TCP + {} HTTP senders in {room}; sending for {}s",
+        args.members, args.sse_members, args.senders, args.http_senders, args.duration
     );
 
     // Each receiver learns, once sending is over, how many messages each sender sent, so it can
     // stop as soon as it has them all.
     let (sent_tx, sent_rx) = watch::channel(None::<Arc<Vec<u64>>>);
     let give_up = CancellationToken::new();
-    let mut writers = Vec::new();
     let mut receivers = Vec::new();
-    for member in members {
-        writers.push(member.writer);
-        let receiver = Receiver::new(args.senders, run_id);
+    let mut ports = Vec::new();
+    let mut spawn_receiver = |lines: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>| {
+        let receiver = Receiver::new(senders, run_id);
         receivers.push(tokio::spawn(receiver.run(
-            member.reader,
+            lines,
             sent_rx.clone(),
             give_up.clone(),
         )));
+    };
+    for member in members {
+        let lines = LinesStream::new(member.reader.lines())
+            .filter_map(|line| futures::future::ready(line.ok()));
+        spawn_receiver(Box::pin(lines));
+        ports.push(Port::Tcp(member.writer));
     }
+    // Subscribed before anyone sends; the stream's messages are shown as the TCP lines would be.
+    for subscriber in &subscribers {
+        let messages = subscriber.subscribe(room).await?;
+        spawn_receiver(Box::pin(
+            messages.map(|(user, content)| format!("[sse] {user}: {content}")),
+        ));
+    }
+    let mut ports: Vec<Port> = ports
+        .drain(..args.senders)
+        .chain(posters.into_iter().map(Port::Http))
+        .collect();
 
-    let interval = Duration::from_nanos(1_000_000_000 * args.senders as u64 / args.rate);
+    let interval = Duration::from_nanos(1_000_000_000 * senders as u64 / args.rate);
     let start = Instant::now() + Duration::from_millis(100);
     let started_unix = unix_nanos() + 100_000_000;
     let deadline = start + Duration::from_secs(args.duration);
     let padding = "p".repeat(args.padding);
-    let senders: Vec<_> = writers
-        .drain(..args.senders)
+    let sending: Vec<_> = ports
+        .drain(..)
         .enumerate()
-        .map(|(id, writer)| {
+        .map(|(id, port)| {
+            let offset = interval * id as u32 / senders as u32;
             let pace = Pace {
                 start,
                 started_unix,
                 interval,
                 deadline,
-                offset: interval * id as u32 / args.senders as u32,
+                offset,
             };
-            tokio::spawn(send(writer, id, pace, padding.clone()))
+            tokio::spawn(send(port, id, pace, padding.clone()))
         })
         .collect();
     let mut sent = Vec::new();
-    for sender in senders {
-        let (count, writer) = sender.await??;
+    let mut keep_open = Vec::new();
+    for sender in sending {
+        let (count, port) = sender.await??;
         sent.push(count);
-        // Kept open: dropping a write half closes the member's session and its receiving too.
-        writers.push(writer);
+        // Kept open: closing a sender's connection would end its session, and its receiving too.
+        keep_open.push(port);
     }
     let send_window = start.elapsed();
     let _ = sent_tx.send(Some(Arc::new(sent.clone())));
@@ -103,7 +160,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
         stats.push(receiver.await?);
     }
     drain_timer.abort();
-    drop(writers);
+    drop((keep_open, subscribers));
     Ok(Report::new(
         &args,
         &sent,
@@ -123,26 +180,27 @@ struct Pace {
     offset: Duration,
 }
 
-/// Sends on schedule until the deadline. Everything due at a wake-up goes out in one write, each
-/// message stamped with the time it was *due*, not the time it left. Returns how many it sent,
-/// and the writer, which must stay open until the receivers are done. A sender the server cut off
-/// (too slow a reader, say) stops early; the receivers' counts show what that cost.
+/// Sends on schedule until the deadline, each message stamped with the time it was *due*, not
+/// the time it left. Returns how many it sent, and the port, which must stay open until the
+/// receivers are done. A sender the server cut off stops early; the receivers' counts show what
+/// that cost.
 async fn send(
-    mut writer: OwnedWriteHalf,
+    mut port: Port,
     id: usize,
     pace: Pace,
     padding: String,
-) -> anyhow::Result<(u64, OwnedWriteHalf)> {
+) -> anyhow::Result<(u64, Port)> {
     let mut seq = 0u64;
     let mut batch = String::new();
     loop {
         let due_at = pace.start + pace.offset + pace.interval * seq as u32;
         if due_at >= pace.deadline {
-            return Ok((seq, writer));
+            return Ok((seq, port));
         }
         tokio::time::sleep_until(due_at.into()).await;
         let now = Instant::now();
         batch.clear();
+        let first = seq;
         loop {
             let due = pace.offset + pace.interval * seq as u32;
             if pace.start + due > now || pace.start + due >= pace.deadline {
@@ -152,9 +210,25 @@ async fn send(
             batch.push_str(&format!("{id} {seq} {stamp} {padding}\n"));
             seq += 1;
         }
-        writer
-            .write_all(batch.as_bytes())
-            .await
-            .context("sending")?;
+        let written = match &mut port {
+            Port::Tcp(writer) => writer
+                .write_all(batch.as_bytes())
+                .await
+                .map_err(anyhow::Error::from),
+            Port::Http(user) => {
+                let mut posted = Ok(());
+                for line in batch.lines() {
+                    posted = user.post(line).await;
+                    if posted.is_err() {
+                        break;
+                    }
+                }
+                posted
+            }
+        };
+        if let Err(e) = written {
+            eprintln!("sender {id} stopped after {first} messages: {e}");
+            return Ok((first, port));
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! for measuring what an idle connection costs the server.
 
 mod chat;
+mod http;
 mod idle;
 mod report;
 mod tcp;
@@ -36,15 +37,24 @@ enum Mode {
 
 #[derive(Args, Clone)]
 pub struct ChatArgs {
-    /// TCP endpoints; members are spread round-robin over them.
+    /// TCP endpoints; TCP members are spread round-robin over them.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9001")]
     endpoints: Vec<SocketAddr>,
-    /// Members in the room, senders included.
+    /// HTTP endpoints; SSE subscribers and HTTP senders are spread round-robin over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3001")]
+    http_endpoints: Vec<SocketAddr>,
+    /// TCP members in the room, TCP senders included.
     #[arg(long, default_value_t = 100)]
     members: usize,
-    /// How many of the members send.
+    /// How many of the TCP members send.
     #[arg(long, default_value_t = 10)]
     senders: usize,
+    /// Browser-like members: each subscribes to the room's SSE stream.
+    #[arg(long, default_value_t = 0)]
+    sse_members: usize,
+    /// HTTP senders (POST /api/message), in addition to the TCP senders; they do not receive.
+    #[arg(long, default_value_t = 0)]
+    http_senders: usize,
     /// Total messages per second, over all senders.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -71,9 +81,15 @@ pub struct IdleArgs {
     endpoints: Vec<SocketAddr>,
     #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// HTTP endpoints, for `--sse`.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3001")]
+    http_endpoints: Vec<SocketAddr>,
     /// Also join this room.
     #[arg(long)]
     room: Option<String>,
+    /// Hold SSE streams of `room` (an HTTP session each) instead of TCP connections.
+    #[arg(long, requires = "room")]
+    sse: bool,
     /// Seconds to hold the connections once all are logged in.
     #[arg(long, default_value_t = 10)]
     hold: u64,
@@ -90,8 +106,16 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Chat(args) => {
             anyhow::ensure!(
-                args.senders >= 1 && args.senders <= args.members,
-                "need 1 ≤ senders ≤ members"
+                args.senders <= args.members,
+                "TCP senders must be TCP members"
+            );
+            anyhow::ensure!(
+                args.senders + args.http_senders >= 1,
+                "need at least one sender"
+            );
+            anyhow::ensure!(
+                args.members + args.sse_members >= 1,
+                "need at least one receiver"
             );
             anyhow::ensure!(
                 args.rate >= 1 && args.duration >= 1,

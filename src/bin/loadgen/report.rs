@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -47,24 +46,22 @@ impl Receiver {
     /// Reads until it has every message the senders sent, or until `give_up`.
     pub async fn run(
         mut self,
-        mut reader: BufReader<OwnedReadHalf>,
+        mut lines: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>,
         mut sent: watch::Receiver<Option<Arc<Vec<u64>>>>,
         give_up: CancellationToken,
     ) -> Receiver {
-        let mut line = String::new();
         let mut expected: Option<u64> = None;
         loop {
             if expected.is_some_and(|total| self.unique >= total) {
                 return self;
             }
-            line.clear();
             tokio::select! {
-                read = reader.read_line(&mut line) => match read {
-                    Ok(0) | Err(_) => {
+                line = lines.next() => match line {
+                    None => {
                         self.cut_off = true;
                         return self;
                     }
-                    Ok(_) => self.observe(line.trim_end()),
+                    Some(line) => self.observe(line.trim_end()),
                 },
                 _ = sent.changed(), if expected.is_none() => {
                     expected = sent.borrow().as_ref().map(|counts| counts.iter().sum());
@@ -124,7 +121,9 @@ impl Receiver {
 pub struct Report {
     endpoints: usize,
     members: usize,
+    sse_members: usize,
     senders: usize,
+    http_senders: usize,
     target_rate: u64,
     sent: u64,
     send_rate: f64,
@@ -169,7 +168,9 @@ impl Report {
         Report {
             endpoints: args.endpoints.len(),
             members: args.members,
+            sse_members: args.sse_members,
             senders: args.senders,
+            http_senders: args.http_senders,
             target_rate: args.rate,
             sent,
             send_rate: sent as f64 / send_window.as_secs_f64(),
@@ -194,11 +195,11 @@ impl Report {
     pub fn text(&self) -> String {
         let r = self;
         format!(
-            "members {} (senders {}) over {} endpoint(s), target {} msg/s\n\
+            "members {} TCP + {} SSE, senders {} TCP + {} HTTP, over {} TCP endpoint(s), target {} msg/s\n\
              sent {} ({:.0} msg/s), delivered {}/{} ({:.0} deliveries/s)\n\
              lost {}, duplicates {}, out of order {}, errors {}, members cut off {}\n\
              latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            r.members, r.senders, r.endpoints, r.target_rate,
+            r.members, r.sse_members, r.senders, r.http_senders, r.endpoints, r.target_rate,
             r.sent, r.send_rate, r.deliveries, r.expected_deliveries, r.deliveries_per_sec,
             r.lost, r.duplicates, r.out_of_order, r.errors, r.cut_off,
             r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,

@@ -19,8 +19,12 @@ pub struct Member {
 impl Member {
     /// Connects and logs in as `nick`; if `room` is given, creates or joins it and reads past the
     /// history block.
-    pub async fn join(addr: SocketAddr, nick: &str, room: Option<&str>) -> anyhow::Result<Member> {
-        tokio::time::timeout(SETUP_TIMEOUT, Self::join_inner(addr, nick, room))
+    pub async fn join(
+        addr: SocketAddr,
+        nick: String,
+        room: Option<&str>,
+    ) -> anyhow::Result<Member> {
+        tokio::time::timeout(SETUP_TIMEOUT, Self::join_inner(addr, &nick, room))
             .await
             .with_context(|| format!("{nick}: setup timed out"))?
     }
