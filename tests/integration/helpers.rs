@@ -207,8 +207,15 @@ impl Client {
     }
 }
 
-/// Starts the server binary on a free port; returns it and its TCP address from its log.
-pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+/// Starts the server binary (on free ports unless `extra_env` names them); returns it and its TCP
+/// address from its log.
+pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let (child, tcp, _) = start_server_http(extra_env).await;
+    (child, tcp)
+}
+
+/// Like `start_server`, also returning the HTTP address.
+pub async fn start_server_http(extra_env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
         .env_clear()
         .env("BIND_ADDRESS", "127.0.0.1")
@@ -226,7 +233,14 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::Socke
         while let Some(line) = logs.next_line().await.unwrap() {
             let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
             if entry["fields"]["message"] == "listening" {
-                return entry["fields"]["tcp"].as_str().unwrap().parse().unwrap();
+                let addr = |field: &str| {
+                    entry["fields"][field]
+                        .as_str()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap()
+                };
+                return (addr("tcp"), addr("http"));
             }
         }
         panic!("the server exited before listening");
@@ -235,5 +249,5 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, std::net::Socke
     .expect("the server listens");
     // Keep draining the log so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
-    (child, addr)
+    (child, addr.0, addr.1)
 }
