@@ -17,9 +17,13 @@ use crate::config::Config;
 use crate::core::Chat;
 use crate::core::commit::Committer;
 use crate::core::hub::Hub;
+use crate::store::breaker::BreakerStore;
 use crate::store::postgres::PgStore;
 use crate::store::{Store, memory::MemoryStore, retention};
 use crate::telemetry;
+
+/// How long readiness keeps answering 503 after the drain starts, before HTTP stops listening.
+const READINESS_LINGER: Duration = Duration::from_secs(1);
 
 /// How often expired HTTP sessions are looked for.
 const SESSION_SWEEP: Duration = Duration::from_secs(5);
@@ -41,13 +45,18 @@ pub struct App {
 impl App {
     /// Builds the service and binds its listeners (port 0 picks a free port, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        // Installed before anything records a metric, so that nothing recorded is lost.
+        telemetry::metrics_handle();
         let hub = Arc::new(Hub::new(config.history_size));
         let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
             Some(url) => {
                 let pg = connect_postgres(url, &config).await?;
                 pg.migrate().await?;
                 tracing::info!("DATABASE_URL set: storing in PostgreSQL");
-                (Arc::new(pg.clone()), Some(pg))
+                (
+                    Arc::new(BreakerStore::new(Arc::new(pg.clone()), &config.breaker())),
+                    Some(pg),
+                )
             }
             None => {
                 tracing::info!("DATABASE_URL unset: storing in memory; nothing survives a restart");
@@ -130,12 +139,14 @@ impl App {
             instance: config.instance_id.as_str().into(),
             session_idle_secs: config.session_idle_timeout_secs as i64,
         };
-        tracker.spawn(http::serve(http_listener, state));
+        let http_stop = CancellationToken::new();
+        tracker.spawn(http::serve(http_listener, state, http_stop.clone()));
         tracker.spawn(
             chat.clone()
                 .run_session_expiry(SESSION_SWEEP, shutdown.clone()),
         );
         if let Some(pg) = postgres {
+            tracker.spawn(pg.clone().run_pool_gauges(shutdown.clone()));
             tracker.spawn(retention::run(
                 pg,
                 config.retention_per_room,
@@ -145,6 +156,11 @@ impl App {
 
         shutdown.cancelled().await;
         tracing::info!(grace = ?config.shutdown_grace(), "draining");
+        // Readiness already answers 503 (it reads the drain token) while TCP clients are told to
+        // reconnect and streams end. Keep answering it a moment, so that whatever polls it sees
+        // the pod leave before the HTTP listener closes.
+        tokio::time::sleep(READINESS_LINGER.min(config.shutdown_grace() / 2)).await;
+        http_stop.cancel();
         tracker.close();
         // The commit task ends once every handle to it is gone: connections drop theirs as they
         // close, this is the last, and then it flushes what is queued.

@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Limits;
+use crate::store::breaker::BreakerSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +47,12 @@ pub struct Config {
     pub db_acquire_timeout_secs: u64,
     /// Most messages stored per group-commit round trip (1 disables batching; for benchmarks).
     pub commit_batch_max: usize,
+    /// Consecutive database failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before probing.
+    pub breaker_open_secs: u64,
+    /// Callers waiting on the database beyond which the breaker counts failures (and opens).
+    pub breaker_max_waiting: usize,
     pub database_url: Option<String>,
     pub valkey_url: Option<String>,
 }
@@ -75,6 +82,9 @@ impl Default for Config {
             db_pool_size: 16,
             db_acquire_timeout_secs: 2,
             commit_batch_max: 512,
+            breaker_failures: 5,
+            breaker_open_secs: 5,
+            breaker_max_waiting: 256,
             database_url: None,
             valkey_url: None,
         }
@@ -105,6 +115,9 @@ const ENV_KEYS: &[&str] = &[
     "DB_POOL_SIZE",
     "DB_ACQUIRE_TIMEOUT_SECS",
     "COMMIT_BATCH_MAX",
+    "BREAKER_FAILURES",
+    "BREAKER_OPEN_SECS",
+    "BREAKER_MAX_WAITING",
     "DATABASE_URL",
     "VALKEY_URL",
 ];
@@ -163,6 +176,8 @@ impl Config {
             ("MAX_CONNECTIONS", self.max_connections),
             ("RETENTION_PER_ROOM", self.retention_per_room),
             ("COMMIT_BATCH_MAX", self.commit_batch_max),
+            ("BREAKER_FAILURES", self.breaker_failures as usize),
+            ("BREAKER_MAX_WAITING", self.breaker_max_waiting),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError(format!("{name}: must be at least 1"))),
@@ -182,6 +197,14 @@ impl Config {
 
     pub fn nick_timeout(&self) -> Duration {
         Duration::from_secs(self.nick_timeout_secs)
+    }
+
+    pub fn breaker(&self) -> BreakerSettings {
+        BreakerSettings {
+            failures: self.breaker_failures,
+            open_for: Duration::from_secs(self.breaker_open_secs),
+            max_waiting: self.breaker_max_waiting,
+        }
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {

@@ -25,6 +25,9 @@ pub mod metric {
     pub const DROPPED: &str = "chat_dropped_total";
     pub const COMMIT_BATCH_SIZE: &str = "chat_commit_batch_size";
     pub const HTTP_REQUEST_DURATION: &str = "chat_http_request_duration_seconds";
+    pub const BREAKER_STATE: &str = "chat_circuit_breaker_state";
+    pub const DB_QUERY_DURATION: &str = "chat_db_query_duration_seconds";
+    pub const DB_POOL_CONNECTIONS: &str = "chat_db_pool_connections";
 }
 
 /// Installs the tracing subscriber. Every line carries the instance id through the root span
@@ -107,6 +110,24 @@ fn describe() {
     describe_histogram!(
         COMMIT_BATCH_SIZE,
         "Messages stored per group-commit round trip."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Database circuit breaker: 0 closed, 1 half-open, 2 open."
+    );
+    describe_histogram!(
+        DB_QUERY_DURATION,
+        Unit::Seconds,
+        "Database calls through the breaker, waiting for a connection included."
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections by state (idle, active, max)."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request duration, by route pattern and status."
     );
 }
 

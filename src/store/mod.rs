@@ -4,6 +4,7 @@
 //! and `cargo run` without a database). The core calls this trait only; it never sees SQL.
 
 pub mod archive;
+pub mod breaker;
 pub mod memory;
 pub mod postgres;
 pub mod retention;
@@ -18,6 +19,10 @@ use crate::core::names::{Nickname, RoomName};
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    #[error("the database circuit breaker is open")]
+    CircuitOpen,
+    #[error("too many callers are waiting for the database")]
+    Overloaded,
 }
 
 #[async_trait]

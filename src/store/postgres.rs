@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use super::{Store, StoreError};
 use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
+use crate::telemetry::metric;
 
 /// The schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -103,6 +104,18 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Publishes `chat_db_pool_connections{state}` every second until `shutdown`.
+    pub async fn run_pool_gauges(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        while shutdown.run_until_cancelled(every.tick()).await.is_some() {
+            let (size, idle) = (self.pool.size() as f64, self.pool.num_idle() as f64);
+            metrics::gauge!(metric::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+            metrics::gauge!(metric::DB_POOL_CONNECTIONS, "state" => "active").set(size - idle);
+            metrics::gauge!(metric::DB_POOL_CONNECTIONS, "state" => "max")
+                .set(self.pool.options().get_max_connections() as f64);
+        }
     }
 
     /// Deletes at most `batch` messages that are more than `keep` behind their room's newest.

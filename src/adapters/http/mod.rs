@@ -90,12 +90,12 @@ async fn record_duration(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves until `shutdown`; open streams end by themselves on the same token.
-pub async fn serve(listener: TcpListener, state: AppState) {
-    let shutdown = state.shutdown.clone();
+/// Serves until `stop`, then finishes the requests in flight. Streams end earlier, on the drain
+/// token in `state`, which also turns readiness to 503.
+pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(error = %e, "HTTP server failed");
