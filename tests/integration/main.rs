@@ -5,6 +5,7 @@ mod browser;
 mod helpers;
 mod http;
 mod http_client;
+mod operability;
 mod postgres;
 mod services;
 mod tcp_commands;

@@ -1,0 +1,362 @@
+//! SPEC §5 and §7 for operators: metrics, health and readiness, the database circuit breaker,
+//! connection storms and the drain.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::http_client::Http;
+use crate::services::postgres::Postgres;
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The sum of every series of a metric whose labels contain `labels` (all of them when empty).
+fn total(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn spawn_on_postgres(
+    url: &str,
+    configure: impl FnOnce(&mut baby_discord::config::Config),
+) -> TestApp {
+    let url = url.to_owned();
+    spawn_app_with(move |c| {
+        c.database_url = Some(url);
+        configure(c);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_spec_metric_is_exported_described_and_moves_with_traffic() {
+    let pg = Postgres::start();
+    let url = pg.create_database().await;
+    let app = spawn_on_postgres(&url, |_| {}).await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("metrics").await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join metrics").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/metrics?sessionId={web}"), None)
+        .await;
+    stream.expect("connected").await;
+    nc.send("over tcp").await;
+    http.message(&web, "over http").await;
+    stream.expect("message").await;
+    stream.expect("message").await;
+    let mut late = app.login("late").await;
+    late.join("metrics").await; // a history read
+    // Past the first pool sample (taken every second), signalled by the gauge itself.
+    let deadline = Instant::now() + TIMEOUT;
+    let metrics = loop {
+        let body = reqwest::get(http.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains("chat_db_pool_connections{") || Instant::now() > deadline {
+            break body;
+        }
+        tokio::task::yield_now().await;
+    };
+
+    for name in [
+        "chat_connections",
+        "chat_messages_total",
+        "chat_deliveries_total",
+        "chat_delivery_latency_seconds",
+        "chat_command_duration_seconds",
+        "chat_history_requests_total",
+        "chat_db_pool_connections",
+        "chat_db_query_duration_seconds",
+        "chat_circuit_breaker_state",
+        "chat_bus_publish_duration_seconds",
+        "chat_http_request_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} is described"
+        );
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && !l.starts_with('#')),
+            "{name} is exported"
+        );
+    }
+    assert_eq!(
+        total(&metrics, "chat_connections", r#"transport="tcp""#),
+        2.0
+    );
+    assert_eq!(
+        total(&metrics, "chat_connections", r#"transport="sse""#),
+        1.0
+    );
+    assert_eq!(
+        total(&metrics, "chat_messages_total", r#"transport="tcp""#),
+        1.0
+    );
+    assert_eq!(
+        total(&metrics, "chat_messages_total", r#"transport="http""#),
+        1.0
+    );
+    assert!(total(&metrics, "chat_deliveries_total", r#"transport="tcp""#) >= 2.0);
+    assert!(total(&metrics, "chat_deliveries_total", r#"transport="sse""#) >= 2.0);
+    assert!(sample(&metrics, "chat_delivery_latency_seconds_count") >= 4.0);
+    assert!(
+        total(
+            &metrics,
+            "chat_command_duration_seconds_count",
+            r#"command="join""#
+        ) >= 2.0
+    );
+    assert!(total(&metrics, "chat_history_requests_total", r#"result="hit""#) >= 1.0);
+    assert!(total(&metrics, "chat_history_requests_total", r#"result="miss""#) >= 1.0);
+    assert!(sample(&metrics, "chat_db_query_duration_seconds_count") > 0.0);
+    assert_eq!(sample(&metrics, "chat_circuit_breaker_state"), 0.0);
+    assert!(sample(&metrics, "chat_bus_publish_duration_seconds_count") >= 2.0);
+    assert!(total(&metrics, "chat_db_pool_connections", r#"state="max""#) >= 1.0);
+    assert!(
+        total(
+            &metrics,
+            "chat_http_request_duration_seconds_count",
+            r#"route="/api/message",status="200""#
+        ) >= 1.0
+    );
+    // Sub-millisecond buckets exist for latency.
+    assert!(metrics.contains(r#"chat_delivery_latency_seconds_bucket{le="0.0005"}"#));
+
+    // Drops are counted by reason: a rate-limit refusal, here.
+    let app2 = spawn_app_with(|c| c.rate_limit_burst = NonZeroU32::new(1).unwrap()).await;
+    let mut flood = app2.login("flood").await;
+    flood.send("/rooms").await;
+    flood.send("/rooms").await;
+    flood.line().await;
+    flood.expect("Error: Rate limit exceeded").await;
+    let metrics = reqwest::get(http.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(total(&metrics, "chat_dropped_total", r#"reason="rate_limited""#) >= 1.0);
+}
+
+#[tokio::test]
+async fn liveness_and_readiness_report_the_dependencies() {
+    let pg = Postgres::start();
+    let url = pg.create_database().await;
+    let app = spawn_on_postgres(&url, |_| {}).await;
+    let http = Http::new(app.http);
+    for path in ["/health", "/api/health"] {
+        let (status, body) = http.get(path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (
+                body["status"].as_str(),
+                body["db"].as_str(),
+                body["valkey"].as_str()
+            ),
+            (Some("ok"), Some("up"), Some("up"))
+        );
+        assert!(body["connections"].is_u64() && body["uptime"].is_u64());
+    }
+    let (status, body) = http.get("/health/ready").await;
+    assert_eq!(
+        (status, body["ready"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_when_it_is_back() {
+    let mut pg = Postgres::start();
+    let url = pg.create_database().await;
+    let app = spawn_on_postgres(&url, |c| {
+        c.rate_limit_burst = NonZeroU32::new(10_000).unwrap();
+        c.db_acquire_timeout_secs = 1;
+        c.breaker_failures = 3;
+        c.breaker_open_secs = 1;
+    })
+    .await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("outage").await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join outage").await;
+    nc.expect("[system] web joined outage").await;
+
+    pg.stop();
+    for i in 0..6 {
+        let started = Instant::now();
+        nc.send(&format!("tcp {i}")).await;
+        nc.expect("Error: Service temporarily unavailable").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "TCP reply {i} took {:?}",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        let response = reqwest::Client::new()
+            .post(http.url("/api/message"))
+            .json(&json!({ "sessionId": web, "content": format!("http {i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "HTTP reply {i} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let (ready, body) = http.get("/health/ready").await;
+    assert_eq!(
+        (ready, body["db"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("down"))
+    );
+    assert_eq!(
+        http.get("/health").await.0,
+        StatusCode::OK,
+        "liveness does not depend on the database"
+    );
+    let metrics = reqwest::get(http.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&metrics, "chat_circuit_breaker_state"),
+        2.0,
+        "the breaker is open"
+    );
+    nc.send("/help").await;
+    nc.expect("Available commands:").await; // still connected, still served
+
+    pg.resume();
+    // Nothing announces the database's return to a client: retry at a modest pace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        pace.tick().await;
+        for _ in 0..9 {
+            nc.line().await; // the rest of /help, then each failed attempt's error
+        }
+        nc.send("back").await;
+        let line = nc.line().await;
+        if line == "[outage] nc: back" {
+            break;
+        }
+        assert_eq!(line, "Error: Service temporarily unavailable");
+        assert!(Instant::now() < deadline, "the breaker never closed");
+        nc.send("/help").await;
+        nc.expect("Available commands:").await;
+    }
+    assert_eq!(http.get("/health/ready").await.0, StatusCode::OK);
+    http.message(&web, "http is back too").await;
+}
+
+#[tokio::test]
+async fn a_burst_of_2000_connects_is_shed_without_the_server_falling_over() {
+    let app = spawn_app_with(|c| c.connect_rate_per_sec = NonZeroU32::new(100).unwrap()).await;
+    let http = Http::new(app.http);
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        let mut c = Client::connect(app.tcp).await;
+        match c.line().await.as_str() {
+            "Error: Too many connections, try again later" => refused += 1,
+            "Welcome to Baby Discord!" => held.push(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused >= 1000, "only {refused} of 2000 refused");
+    let metrics = reqwest::get(http.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        total(&metrics, "chat_dropped_total", r#"reason="connect_rate""#),
+        refused as f64
+    );
+    drop(held);
+    // Still serving: the limit refills and a newcomer gets in.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::connect(app.tcp).await;
+        if c.line().await == "Welcome to Baby Discord!" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_503_at_once_notifies_tcp_and_sse_and_exits_within_the_grace_time()
+{
+    let (mut server, tcp, http_addr) = start_server_http(&[("SHUTDOWN_GRACE_SECS", "5")]).await;
+    let http = Http::new(http_addr);
+    let mut nc = Client::login(tcp, "nc").await;
+    nc.create("r").await;
+    let web = http.connect("web").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/r?sessionId={web}"), None)
+        .await;
+    stream.expect("connected").await;
+    assert_eq!(http.get("/health/ready").await.0, StatusCode::OK);
+
+    let started = Instant::now();
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    nc.expect("[system] Server restarting, please reconnect")
+        .await;
+    assert_eq!(
+        http.get("/health/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while draining"
+    );
+    assert_eq!(
+        stream.expect("system").await["text"],
+        "Server restarting, please reconnect"
+    );
+    assert!(stream.try_next().await.is_none());
+    let status = tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
