@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::command::{self, Command, HELP, Input};
 use super::commit::{Ack, Committer};
 use super::error::Error;
-use super::hub::{Hub, Inbox, queue};
+use super::hub::{Hub, Inbox, Position, queue};
 use super::model::{
     Broadcast, ChatMessage, Envelope, Event, NewMessage, Room, SessionId, SessionRecord,
 };
@@ -467,6 +467,7 @@ impl Chat {
             session: session.id,
             nick: nick.clone(),
             room: session.room.as_ref().map(|r| r.name.clone()),
+            seen: session.view.seen(),
         };
         Ok(self.bus.publish(state).await?)
     }
@@ -538,8 +539,11 @@ impl Chat {
             room: room.name.clone(),
             stream,
         };
-        let (_, room_changes) = watch::channel(Some(room.name.clone()));
-        self.finish_stream(Some(room), after, inbox, room_changes, route)
+        let (_, moves) = watch::channel(Position {
+            room: Some(room.name.clone()),
+            seen: 0,
+        });
+        self.finish_stream(Some(room), after, inbox, moves, route)
             .await
     }
 
@@ -553,7 +557,7 @@ impl Chat {
         let (outbox, inbox) = queue(self.limits.send_queue);
         let stream = SessionId::random();
         let room_name = record.room.as_ref().map(|r| &r.name);
-        let room_changes = self
+        let moves = self
             .hub
             .follow(record.id, stream, &record.nick, room_name, &outbox);
         if let Some(room) = room_name {
@@ -564,7 +568,7 @@ impl Chat {
             session: record.id,
             stream,
         };
-        self.finish_stream(record.room.as_ref(), after, inbox, room_changes, route)
+        self.finish_stream(record.room.as_ref(), after, inbox, moves, route)
             .await
     }
 
@@ -573,7 +577,7 @@ impl Chat {
         room: Option<&Room>,
         after: Option<i64>,
         inbox: Inbox,
-        room_changes: watch::Receiver<Option<RoomName>>,
+        moves: watch::Receiver<Position>,
         route: Route,
     ) -> Result<EventStream, Error> {
         let mut view = View::new(room.map(|r| r.name.clone()));
@@ -590,7 +594,7 @@ impl Chat {
             catch_up,
             inbox,
             view,
-            room_changes,
+            moves,
             _route: route,
         })
     }

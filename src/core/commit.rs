@@ -69,8 +69,9 @@ async fn run(
         metrics::histogram!(metric::COMMIT_BATCH_SIZE).record(batch.len() as f64);
         match store.append_messages(&batch).await {
             Ok(stored) => {
+                // Published together: a networked bus pipelines them, in seq order.
+                futures::future::join_all(stored.iter().map(|m| publish(&*bus, m))).await;
                 for (message, waiter) in stored.into_iter().zip(waiters) {
-                    publish(&*bus, &message).await;
                     let _ = waiter.send(Ok(message));
                 }
             }

@@ -64,9 +64,16 @@ struct Follower {
     stream: SessionId,
     outbox: Outbox,
     nick: Nickname,
-    /// The room the stream currently carries; its receiver lets the stream drop events of a room
-    /// it has left and announce the new one.
-    room: watch::Sender<Option<RoomName>>,
+    /// Where the stream is; its receiver lets the stream drop events of a room it has left,
+    /// announce the new one and skip what the session was already shown of it.
+    position: watch::Sender<Position>,
+}
+
+/// A followed session's room, and the last seq of it the session has been shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub room: Option<RoomName>,
+    pub seen: i64,
 }
 
 #[derive(Default)]
@@ -149,6 +156,11 @@ impl Hub {
         last
     }
 
+    /// The rooms with at least one local member or stream: what the bus must carry to this pod.
+    pub fn local_rooms(&self) -> Vec<RoomName> {
+        self.read().rooms.keys().cloned().collect()
+    }
+
     /// Routes direct messages for `nick` to this session.
     pub fn register_user(&self, nick: &Nickname, session: SessionId, outbox: &Outbox) {
         attach(&mut self.write().users, nick.clone(), session, outbox);
@@ -167,21 +179,24 @@ impl Hub {
         nick: &Nickname,
         room: Option<&RoomName>,
         outbox: &Outbox,
-    ) -> watch::Receiver<Option<RoomName>> {
+    ) -> watch::Receiver<Position> {
         let mut routes = self.write();
         attach(&mut routes.users, nick.clone(), stream, outbox);
         if let Some(room) = room {
             attach(&mut routes.rooms, room.clone(), stream, outbox);
         }
-        let (room_tx, room_rx) = watch::channel(room.cloned());
+        let (position, changes) = watch::channel(Position {
+            room: room.cloned(),
+            seen: 0,
+        });
         let follower = Follower {
             stream,
             outbox: outbox.clone(),
             nick: nick.clone(),
-            room: room_tx,
+            position,
         };
         routes.followers.entry(session).or_default().push(follower);
-        room_rx
+        changes
     }
 
     /// Stops routing to a stream opened with [`Hub::follow`].
@@ -198,13 +213,19 @@ impl Hub {
             routes.followers.remove(&session);
         }
         detach(&mut routes.users, &follower.nick, stream);
-        if let Some(room) = follower.room.borrow().as_ref() {
+        if let Some(room) = follower.position.borrow().room.as_ref() {
             detach(&mut routes.rooms, room, stream);
         }
     }
 
     /// Re-routes a session's streams after its nickname or room changed.
-    fn apply_session_state(&self, session: SessionId, nick: &Nickname, room: Option<&RoomName>) {
+    fn apply_session_state(
+        &self,
+        session: SessionId,
+        nick: &Nickname,
+        room: Option<&RoomName>,
+        seen: i64,
+    ) {
         let mut routes = self.write();
         let Routes {
             rooms,
@@ -217,14 +238,18 @@ impl Hub {
                 attach(users, nick.clone(), follower.stream, &follower.outbox);
                 follower.nick = nick.clone();
             }
-            if follower.room.borrow().as_ref() != room {
-                if let Some(old) = follower.room.borrow().as_ref() {
+            let old = follower.position.borrow().room.clone();
+            if old.as_ref() != room {
+                if let Some(old) = &old {
                     detach(rooms, old, follower.stream);
                 }
                 if let Some(new) = room {
                     attach(rooms, new.clone(), follower.stream, &follower.outbox);
                 }
-                follower.room.send_replace(room.cloned());
+                follower.position.send_replace(Position {
+                    room: room.cloned(),
+                    seen,
+                });
             }
         }
     }
@@ -237,7 +262,8 @@ impl Hub {
                 session,
                 nick,
                 room,
-            } => self.apply_session_state(session, &nick, room.as_ref()),
+                seen,
+            } => self.apply_session_state(session, &nick, room.as_ref(), seen),
         }
     }
 
@@ -313,13 +339,21 @@ mod tests {
         let nick = Nickname::parse("web").unwrap();
         let (session, stream) = (SessionId::random(), SessionId::random());
         let (out, mut inbox) = queue(8);
-        let room = hub.follow(session, stream, &nick, Some(&one), &out);
-        hub.deliver(Envelope::SessionState {
+        let position = hub.follow(session, stream, &nick, Some(&one), &out);
+        let state = Envelope::SessionState {
             session,
             nick: nick.clone(),
             room: Some(two.clone()),
-        });
-        assert_eq!(room.borrow().as_ref(), Some(&two));
+            seen: 7,
+        };
+        hub.deliver(state);
+        assert_eq!(
+            *position.borrow(),
+            Position {
+                room: Some(two.clone()),
+                seen: 7
+            }
+        );
         hub.deliver(Envelope::Event(room_event(&one, None)));
         hub.deliver(Envelope::Event(room_event(&two, None)));
         assert!(

@@ -125,10 +125,13 @@ pub enum Envelope {
     /// Something sessions see.
     Event(Arc<Broadcast>),
     /// An HTTP session's nickname or room changed: pods holding its event streams re-route them.
+    /// `seen` is the last seq of `room` the session was shown (its join's history block): its
+    /// streams carry on from the next one.
     SessionState {
         session: SessionId,
         nick: Nickname,
         room: Option<RoomName>,
+        seen: i64,
     },
 }
 

@@ -48,6 +48,11 @@ impl View {
         self.room.as_ref()
     }
 
+    /// The last seq of the current room shown.
+    pub fn seen(&self) -> i64 {
+        self.cursor
+    }
+
     /// Switches to another room (or none); nothing of it has been shown yet.
     pub fn move_to(&mut self, room: Option<RoomName>) {
         self.room = room;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::hub::{Hub, Inbox};
+use super::hub::{Hub, Inbox, Position};
 use super::model::{ChatMessage, SessionId};
 use super::names::RoomName;
 use super::session::View;
@@ -26,9 +26,9 @@ pub struct CatchUp {
 pub struct EventStream {
     pub catch_up: CatchUp,
     pub inbox: Inbox,
-    /// What the stream is showing; `room_changes` says when a followed session moved.
+    /// What the stream is showing; `moves` says when a followed session moved.
     pub view: View,
-    pub room_changes: watch::Receiver<Option<RoomName>>,
+    pub moves: watch::Receiver<Position>,
     pub(super) _route: Route,
 }
 

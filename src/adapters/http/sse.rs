@@ -193,10 +193,12 @@ impl Writer {
                 }
                 _ = self.stream.inbox.too_slow.cancelled() => return None,
                 // A followed session moved: show the new room from here on.
-                Ok(()) = self.stream.room_changes.changed() => {
-                    let room = self.stream.room_changes.borrow_and_update().clone();
-                    self.ready.push_back(frame("connected", None, &Connected { room: room.as_ref().map(|r| r.to_string()) }));
-                    self.stream.view.move_to(room);
+                Ok(()) = self.stream.moves.changed() => {
+                    let position = self.stream.moves.borrow_and_update().clone();
+                    let room = position.room.as_ref().map(|r| r.to_string());
+                    self.ready.push_back(frame("connected", None, &Connected { room }));
+                    self.stream.view.move_to(position.room);
+                    self.stream.view.shown_up_to(position.seen);
                 }
                 received = self.stream.inbox.rx.recv_many(&mut self.events, BATCH) => {
                     if received == 0 {
