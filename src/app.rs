@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::adapters::http::{self, AppState};
 use crate::adapters::tcp::TcpServer;
-use crate::bus::{Bus, local::LocalBus};
+use crate::bus::{Bus, local::LocalBus, valkey::ValkeyBus};
 use crate::config::Config;
 use crate::core::Chat;
 use crate::core::commit::Committer;
@@ -30,6 +30,8 @@ const SESSION_SWEEP: Duration = Duration::from_secs(5);
 
 pub struct App {
     config: Config,
+    /// Set when sharing through Valkey: its subscriber loop runs with the app.
+    valkey: Option<Arc<ValkeyBus>>,
     /// Set when storing in PostgreSQL: the retention job runs against it.
     postgres: Option<PgStore>,
     chat: Arc<Chat>,
@@ -63,11 +65,21 @@ impl App {
                 (Arc::new(MemoryStore::new(config.retention_per_room)), None)
             }
         };
-        let bus: Arc<dyn Bus> = match &config.valkey_url {
-            Some(_) => anyhow::bail!("VALKEY_URL is set, but this build has no Valkey bus yet"),
+        let (bus, valkey): (Arc<dyn Bus>, _) = match &config.valkey_url {
+            Some(url) => {
+                let ttl = Duration::from_secs(config.presence_ttl_secs);
+                let valkey =
+                    ValkeyBus::connect(url, hub.clone(), store.clone(), &config.instance_id, ttl)
+                        .await
+                        .context("VALKEY_URL")?;
+                tracing::info!(
+                    "VALKEY_URL set: sharing delivery, presence and sessions through Valkey"
+                );
+                (valkey.clone(), Some(valkey))
+            }
             None => {
                 tracing::info!("VALKEY_URL unset: in-process bus; run a single replica only");
-                Arc::new(LocalBus::new(hub.clone()))
+                (Arc::new(LocalBus::new(hub.clone())), None)
             }
         };
         let (committer, commit_task) =
@@ -86,6 +98,7 @@ impl App {
         tracing::info!(tcp = %tcp_addr, http = %http_addr, "listening");
         Ok(App {
             config,
+            valkey,
             postgres,
             chat,
             commit_task: Box::pin(commit_task),
@@ -116,6 +129,7 @@ impl App {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App {
             config,
+            valkey,
             postgres,
             chat,
             commit_task,
@@ -145,6 +159,9 @@ impl App {
             chat.clone()
                 .run_session_expiry(SESSION_SWEEP, shutdown.clone()),
         );
+        if let Some(valkey) = valkey {
+            tracker.spawn(valkey.run(shutdown.clone()));
+        }
         if let Some(pg) = postgres {
             tracker.spawn(pg.clone().run_pool_gauges(shutdown.clone()));
             tracker.spawn(retention::run(
