@@ -247,7 +247,13 @@ pub async fn start_server_http(extra_env: &[(&str, &str)]) -> (Child, SocketAddr
     })
     .await
     .expect("the server listens");
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    // Keep draining the log so the server never blocks on a full pipe; show its warnings.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = logs.next_line().await {
+            if line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#) {
+                println!("server: {line}");
+            }
+        }
+    });
     (child, addr.0, addr.1)
 }

@@ -2,6 +2,7 @@
 //! loopback port 0 (and, where it needs them, its own throwaway PostgreSQL / Valkey).
 
 mod browser;
+mod cluster;
 mod helpers;
 mod http;
 mod http_client;

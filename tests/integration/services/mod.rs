@@ -3,6 +3,7 @@
 //! when a test fails.
 
 pub mod postgres;
+pub mod valkey;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -1,0 +1,306 @@
+//! SPEC §5 "One cluster": three server processes sharing one PostgreSQL and one Valkey behave as
+//! one server — delivery, order, presence, DMs, nicknames, HTTP sessions, a replica's death or
+//! drain, and a Valkey restart.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::process::Child;
+
+use crate::helpers::*;
+use crate::http_client::Http;
+use crate::services::{postgres::Postgres, valkey::Valkey};
+
+struct Cluster {
+    _pg: Postgres,
+    valkey: Valkey,
+    replicas: Vec<Replica>,
+}
+
+struct Replica {
+    process: Child,
+    tcp: SocketAddr,
+    http: SocketAddr,
+}
+
+const PRESENCE_TTL_SECS: &str = "2";
+
+async fn cluster(size: usize) -> Cluster {
+    let pg = Postgres::start();
+    let url = pg.create_database().await;
+    let valkey = Valkey::start();
+    let mut replicas = Vec::new();
+    for i in 0..size {
+        let instance = format!("replica-{i}");
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("VALKEY_URL", &valkey.url()),
+            ("INSTANCE_ID", instance.as_str()),
+            ("PRESENCE_TTL_SECS", PRESENCE_TTL_SECS),
+            ("RATE_LIMIT_BURST", "1000"),
+            ("SHUTDOWN_GRACE_SECS", "5"),
+        ];
+        let (process, tcp, http) = start_server_http(&env).await;
+        replicas.push(Replica { process, tcp, http });
+    }
+    Cluster {
+        _pg: pg,
+        valkey,
+        replicas,
+    }
+}
+
+impl Cluster {
+    fn tcp(&self, i: usize) -> SocketAddr {
+        self.replicas[i].tcp
+    }
+
+    fn http(&self, i: usize) -> Http {
+        Http::new(self.replicas[i].http)
+    }
+}
+
+fn signal(process: &Child, name: &str) {
+    let pid = process.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn clients_on_three_replicas_receive_every_message_in_one_order() {
+    let cluster = cluster(3).await;
+    let mut first = Client::login(cluster.tcp(0), "u0").await;
+    first.create("everywhere").await;
+    let mut clients = vec![first];
+    for i in 1..3 {
+        let mut c = Client::login(cluster.tcp(i), &format!("u{i}")).await;
+        c.join("everywhere").await;
+        clients.push(c);
+    }
+    // Wait for the joins to be seen, then everyone talks at once.
+    clients[0].expect("[system] u1 joined everywhere").await;
+    clients[0].expect("[system] u2 joined everywhere").await;
+    clients[1].expect("[system] u2 joined everywhere").await;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let burst: String = (0..30).map(|n| format!("u{i}-{n}\n")).collect();
+        c.send_raw(burst.as_bytes()).await;
+    }
+    let mut orders = Vec::new();
+    for c in &mut clients {
+        let mut seen = Vec::new();
+        while seen.len() < 90 {
+            seen.push(c.line().await);
+        }
+        orders.push(seen);
+    }
+    assert!(
+        orders.iter().all(|o| o == &orders[0]),
+        "one order on every replica"
+    );
+    for i in 0..3 {
+        let mine: Vec<&String> = orders[0]
+            .iter()
+            .filter(|l| l.starts_with(&format!("[everywhere] u{i}: ")))
+            .collect();
+        let expected: Vec<String> = (0..30)
+            .map(|n| format!("[everywhere] u{i}: u{i}-{n}"))
+            .collect();
+        assert_eq!(
+            mine,
+            expected.iter().collect::<Vec<_>>(),
+            "each sender's messages, all of them, in its order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_rooms_dms_and_nicknames_work_across_replicas() {
+    let cluster = cluster(3).await;
+    let mut ann = Client::login(cluster.tcp(0), "ann").await;
+    let mut bob = Client::login(cluster.tcp(1), "bob").await;
+    ann.create("shared").await;
+    bob.join("shared").await;
+    ann.expect("[system] bob joined shared").await;
+    let mut cat = Client::login(cluster.tcp(2), "cat").await;
+    cat.send("/list").await;
+    cat.expect("Online users: ann, bob, cat").await;
+    cat.send("/rooms").await;
+    cat.expect_lines(&["Available rooms:", "  shared (2 online)"])
+        .await;
+    bob.send("/list").await;
+    bob.expect("Users in shared: ann, bob").await;
+
+    cat.send("/dm ANN hello from replica 2").await;
+    cat.expect("[DM to ann] hello from replica 2").await;
+    ann.expect("[DM from cat] hello from replica 2").await;
+
+    // A nickname held on one replica is taken on every other.
+    let mut dup = Client::connect(cluster.tcp(2)).await;
+    dup.expect("Welcome to Baby Discord!").await;
+    dup.expect_prompt().await;
+    dup.send("Bob").await;
+    dup.expect("Error: Nickname already in use: Bob").await;
+    let (status, _) = cluster
+        .http(0)
+        .post("/api/connect", json!({ "nickname": "bob" }))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn an_http_session_made_on_one_replica_posts_on_another_and_streams_on_a_third() {
+    let cluster = cluster(3).await;
+    let (a, b, c) = (cluster.http(0), cluster.http(1), cluster.http(2));
+    let mut nc = Client::login(cluster.tcp(1), "nc").await;
+    nc.create("web").await;
+    let session = a.connect("browser").await;
+    let mut events = c
+        .stream(&format!("/api/events?sessionId={session}"), None)
+        .await;
+    events.expect("connected").await;
+    assert_eq!(
+        b.command(&session, "/join web").await.lines().next(),
+        Some("Joined room: web")
+    );
+    assert_eq!(
+        events.expect("connected").await,
+        json!({ "room": "web" }),
+        "the stream on C follows the join made on B"
+    );
+    nc.expect("[system] browser joined web").await;
+    let posted = b.message(&session, "posted on B").await;
+    assert_eq!(posted["seq"], 1);
+    nc.expect("[web] browser: posted on B").await;
+    assert_eq!(events.expect("message").await["content"], "posted on B");
+    nc.send("to the browser on C").await;
+    assert_eq!(
+        events.expect("message").await["content"],
+        "to the browser on C"
+    );
+    nc.send("/dm browser psst").await;
+    assert_eq!(events.expect("dm").await["content"], "psst");
+}
+
+#[tokio::test]
+async fn a_killed_replicas_users_vanish_within_presence_ttl_and_nothing_acknowledged_is_lost() {
+    let mut cluster = cluster(2).await;
+    let mut ann = Client::login(cluster.tcp(0), "ann").await;
+    ann.create("fragile").await;
+    let mut doomed = Client::login(cluster.tcp(1), "doomed").await;
+    doomed.join("fragile").await;
+    ann.expect("[system] doomed joined fragile").await;
+    for i in 0..20 {
+        doomed.send(&format!("ack {i}")).await;
+        doomed.expect(&format!("[fragile] doomed: ack {i}")).await;
+    }
+    cluster.replicas[1].process.start_kill().unwrap();
+    cluster.replicas[1].process.wait().await.unwrap();
+    let killed = Instant::now();
+    // Presence expires on its own (nothing tells the others): poll /list until it does.
+    let mut pace = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        pace.tick().await;
+        ann.send("/list").await;
+        let mut line = ann.line().await;
+        while line.starts_with("[fragile] doomed") {
+            line = ann.line().await;
+        }
+        if line == "Users in fragile: ann" {
+            break;
+        }
+        assert_eq!(line, "Users in fragile: ann, doomed");
+        assert!(
+            killed.elapsed() < Duration::from_secs(2 + 3),
+            "still present {:?} after the kill",
+            killed.elapsed()
+        );
+    }
+    let history = Client::login(cluster.tcp(0), "later")
+        .await
+        .join("fragile")
+        .await;
+    let expected: Vec<String> = (10..20)
+        .map(|i| format!("[fragile] doomed: ack {i}"))
+        .collect();
+    assert_eq!(history, expected, "every acknowledged message is there");
+}
+
+#[tokio::test]
+async fn a_drained_replicas_clients_reconnect_elsewhere_and_resume() {
+    let mut cluster = cluster(2).await;
+    let mut stay = Client::login(cluster.tcp(0), "stay").await;
+    stay.create("moving").await;
+    let mut mover = Client::login(cluster.tcp(1), "mover").await;
+    mover.join("moving").await;
+    stay.expect("[system] mover joined moving").await;
+    mover.send("before").await;
+    mover.expect("[moving] mover: before").await;
+    stay.expect("[moving] mover: before").await;
+
+    signal(&cluster.replicas[1].process, "-TERM");
+    mover
+        .expect("[system] Server restarting, please reconnect")
+        .await;
+    assert!(cluster.replicas[1].process.wait().await.unwrap().success());
+    stay.send("while you moved").await;
+    stay.expect("[system] mover left moving").await;
+    stay.expect("[moving] stay: while you moved").await;
+
+    let mut moved = Client::login(cluster.tcp(0), "mover").await;
+    assert_eq!(
+        moved.join("moving").await,
+        ["[moving] mover: before", "[moving] stay: while you moved"]
+    );
+    moved.send("after").await;
+    moved.expect("[moving] mover: after").await;
+}
+
+#[tokio::test]
+async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arrives_in_order() {
+    let mut cluster = cluster(2).await;
+    let mut ann = Client::login(cluster.tcp(0), "ann").await;
+    ann.create("resilient").await;
+    let mut bob = Client::login(cluster.tcp(1), "bob").await;
+    bob.join("resilient").await;
+    ann.expect("[system] bob joined resilient").await;
+    ann.send("m1").await;
+    ann.expect("[resilient] ann: m1").await;
+    bob.expect("[resilient] ann: m1").await;
+
+    cluster.valkey.stop();
+    // Stored (PostgreSQL is up) while the bus is down; the echoes come once it is back, filled
+    // in from the store, in order, with what follows.
+    ann.send("m2").await;
+    ann.send("m3").await;
+    cluster.valkey.resume();
+    ann.send("m4").await;
+    for expected in ["m2", "m3", "m4"] {
+        let mut line = bob.line().await;
+        while line.starts_with("[system]") {
+            line = bob.line().await;
+        }
+        assert_eq!(line, format!("[resilient] ann: {expected}"));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let line = ann.line().await;
+        if line.starts_with("[resilient] ") {
+            seen.push(line);
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "[resilient] ann: m2",
+            "[resilient] ann: m3",
+            "[resilient] ann: m4"
+        ]
+    );
+}
