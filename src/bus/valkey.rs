@@ -38,6 +38,8 @@ const SESSION_EXPIRY: &str = "sessions:expiry";
 /// Session records outlive their logical expiry by this much, so the pod that closes an expired
 /// session can still read it.
 const SESSION_RECORD_GRACE_SECS: i64 = 300;
+/// Pub/sub messages buffered between fred's reader and this pod's delivery loop.
+const BUS_BUFFER: usize = 16_384;
 /// Most messages fetched from the store to fill one gap.
 const REPAIR_LIMIT: usize = 10_000;
 
@@ -116,6 +118,9 @@ impl ValkeyBus {
         // Keep trying for ever: the pod stays up (not ready) through a Valkey outage.
         builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
         builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(5));
+        // Room traffic arrives in bursts; a receiver that lags behind this many messages falls
+        // back to reading them from the store (correct, but slow).
+        builder.with_performance_config(|c| c.broadcast_channel_capacity = BUS_BUFFER);
         let client = builder
             .build()
             .map_err(failed("building the Valkey client"))?;
