@@ -57,8 +57,6 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::get_ready))
         .route("/metrics", get(health::get_metrics))
         .route("/", get(web::get_index))
-        .route("/app.js", get(web::get_app))
-        .route("/style.css", get(web::get_style))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
