@@ -57,14 +57,7 @@ async fn two_pages_and_a_netcat_user_chat_and_survive_a_restart() {
         while let Some(line) = from_scenario.next_line().await.unwrap() {
             match line.as_str() {
                 "RESTART" => {
-                    let pid = server.id().unwrap().to_string();
-                    assert!(
-                        std::process::Command::new("kill")
-                            .args(["-TERM", &pid])
-                            .status()
-                            .unwrap()
-                            .success()
-                    );
+                    signal(&server, "-TERM");
                     assert!(server.wait().await.unwrap().success(), "a clean drain");
                     server = start_server_http(&env).await.0;
                     to_scenario.write_all(b"RESTARTED\n").await.unwrap();

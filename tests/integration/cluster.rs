@@ -62,17 +62,6 @@ impl Cluster {
     }
 }
 
-fn signal(process: &Child, name: &str) {
-    let pid = process.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 #[tokio::test]
 async fn clients_on_three_replicas_receive_every_message_in_one_order() {
     let cluster = cluster(3).await;

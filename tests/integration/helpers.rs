@@ -59,7 +59,27 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// Sends a signal (`"-TERM"`, `"-KILL"`) to a server process the test started.
+pub fn signal(process: &Child, name: &str) {
+    let pid = process.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {name} {pid}");
+}
+
 impl TestApp {
+    /// `alice` creates `room`, `bob` joins it, and alice has seen him arrive.
+    pub async fn two_in_a_room(&self, room: &str) -> (Client, Client) {
+        let mut alice = self.login("alice").await;
+        let mut bob = self.login("bob").await;
+        alice.create(room).await;
+        bob.join(room).await;
+        alice.expect(&format!("[system] bob joined {room}")).await;
+        (alice, bob)
+    }
+
     /// Starts the drain (as SIGTERM would) without waiting for it.
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();

@@ -333,14 +333,7 @@ async fn sigterm_turns_readiness_503_at_once_notifies_tcp_and_sse_and_exits_with
     assert_eq!(http.get("/health/ready").await.0, StatusCode::OK);
 
     let started = Instant::now();
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&server, "-TERM");
     nc.expect("[system] Server restarting, please reconnect")
         .await;
     assert_eq!(

@@ -139,11 +139,7 @@ async fn list_shows_room_members_or_everyone_online() {
 #[tokio::test]
 async fn nick_renames_and_tells_the_room() {
     let app = spawn_app().await;
-    let mut alice = app.login("alice").await;
-    let mut bob = app.login("bob").await;
-    alice.create("r").await;
-    bob.join("r").await;
-    alice.expect("[system] bob joined r").await;
+    let (mut alice, mut bob) = app.two_in_a_room("r").await;
     bob.send("/nick robert").await;
     bob.expect("You are now known as robert").await;
     alice.expect("[system] bob is now known as robert").await;

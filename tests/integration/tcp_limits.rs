@@ -52,11 +52,7 @@ async fn content_over_max_message_chars_is_refused() {
 #[tokio::test]
 async fn invalid_utf8_is_replaced_not_passed_on() {
     let app = spawn_app().await;
-    let mut alice = app.login("alice").await;
-    let mut bob = app.login("bob").await;
-    alice.create("r").await;
-    bob.join("r").await;
-    alice.expect("[system] bob joined r").await;
+    let (mut alice, mut bob) = app.two_in_a_room("r").await;
     alice.send_raw(b"bad \xff\xfe bytes\n").await;
     bob.expect("[r] alice: bad \u{fffd}\u{fffd} bytes").await;
 }
@@ -64,11 +60,7 @@ async fn invalid_utf8_is_replaced_not_passed_on() {
 #[tokio::test]
 async fn ansi_escapes_and_control_characters_never_reach_another_client() {
     let app = spawn_app().await;
-    let mut alice = app.login("alice").await;
-    let mut bob = app.login("bob").await;
-    alice.create("r").await;
-    bob.join("r").await;
-    alice.expect("[system] bob joined r").await;
+    let (mut alice, mut bob) = app.two_in_a_room("r").await;
     alice
         .send_raw(b"\x1b[2J\x1b]0;owned\x07clear\x1b[31m red \xc2\x9b2J\x7f\x08end\n")
         .await;

@@ -2,19 +2,9 @@
 
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::helpers::*;
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running");
-    let sent = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(sent.success());
-}
 
 #[tokio::test]
 async fn sigterm_tells_every_client_to_reconnect_and_exits_cleanly() {
@@ -25,7 +15,7 @@ async fn sigterm_tells_every_client_to_reconnect_and_exits_cleanly() {
     prompting.expect("Welcome to Baby Discord!").await;
     prompting.expect_prompt().await;
 
-    sigterm(&server);
+    signal(&server, "-TERM");
     alice
         .expect("[system] Server restarting, please reconnect")
         .await;
