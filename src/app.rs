@@ -48,7 +48,7 @@ impl App {
     /// Builds the service and binds its listeners (port 0 picks a free port, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<App> {
         // Installed before anything records a metric, so that nothing recorded is lost.
-        telemetry::metrics_handle();
+        telemetry::install_metrics(Some(&config.instance_id));
         let hub = Arc::new(Hub::new(config.history_size));
         let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
             Some(url) => {

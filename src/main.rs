@@ -93,7 +93,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::metrics_handle();
     let app = App::build(config).await?;
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {

@@ -53,10 +53,20 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 /// Installs the process-wide metrics recorder (once; later calls return the same handle).
 pub fn metrics_handle() -> PrometheusHandle {
+    install_metrics(None)
+}
+
+/// Installs the recorder, labelling every series with `instance_id` when given (the first call
+/// decides; the process has one recorder). Returns its handle.
+pub fn install_metrics(instance_id: Option<&str>) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new();
+            if let Some(id) = instance_id {
+                builder = builder.add_global_label("instance_id", id);
+            }
+            let handle = builder
                 .set_buckets(LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(

@@ -11,16 +11,9 @@ use crate::helpers::*;
 use crate::http_client::Http;
 use crate::services::postgres::Postgres;
 
-/// The value of one series in a Prometheus text exposition (0 when absent).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// The sum of a metric's series, whatever their labels (0 when absent).
+fn sample(metrics: &str, name: &str) -> f64 {
+    total(metrics, name, "")
 }
 
 /// The sum of every series of a metric whose labels contain `labels` (all of them when empty).
@@ -145,7 +138,15 @@ async fn every_spec_metric_is_exported_described_and_moves_with_traffic() {
         ) >= 1.0
     );
     // Sub-millisecond buckets exist for latency.
-    assert!(metrics.contains(r#"chat_delivery_latency_seconds_bucket{le="0.0005"}"#));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("chat_delivery_latency_seconds_bucket{")
+                && l.contains(r#"le="0.0005""#)),
+        "sub-millisecond buckets"
+    );
+    // Every series says which replica it comes from.
+    assert!(metrics.contains(r#"chat_circuit_breaker_state{instance_id=""#));
 
     // Drops are counted by reason: a rate-limit refusal, here.
     let app2 = spawn_app_with(|c| c.rate_limit_burst = NonZeroU32::new(1).unwrap()).await;
