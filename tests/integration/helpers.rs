@@ -59,6 +59,18 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// The sum of the series of metric `name` (exactly that name) whose labels contain `labels`, in a
+/// Prometheus text exposition; 0 when there are none.
+pub fn total(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sends a signal (`"-TERM"`, `"-KILL"`) to a server process the test started.
 pub fn signal(process: &Child, name: &str) {
     let pid = process.id().expect("running").to_string();

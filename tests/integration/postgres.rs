@@ -142,22 +142,13 @@ async fn history_is_served_from_the_cache_after_the_first_join() {
     assert_eq!(bob.join("warm").await, ["[warm] alice: hello"]); // a hit: fed by the message path
     let metrics = baby_discord::telemetry::metrics_handle().render();
     assert_eq!(
-        counter(&metrics, "chat_history_requests_total", r#"result="miss""#),
+        total(&metrics, "chat_history_requests_total", r#"result="miss""#),
         1.0
     );
     assert_eq!(
-        counter(&metrics, "chat_history_requests_total", r#"result="hit""#),
+        total(&metrics, "chat_history_requests_total", r#"result="hit""#),
         1.0
     );
-}
-
-/// The value of the series with exactly these labels (besides the instance label every series has).
-fn counter(metrics: &str, name: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
