@@ -35,6 +35,9 @@ pub enum Error {
     LineTooLong,
     #[error("Server is full")]
     ServerFull,
+    /// The pod's connect-rate limit shed this connection (a reconnect storm).
+    #[error("Too many connections, try again later")]
+    TooManyConnections,
     /// The store failed or is shedding load. The cause is logged where this becomes a reply.
     #[error("Service temporarily unavailable")]
     Store(#[from] StoreError),

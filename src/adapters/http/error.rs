@@ -35,9 +35,11 @@ impl ApiError {
                 Error::NicknameInUse(_) | Error::RoomExists(_) => StatusCode::CONFLICT,
                 Error::MessageTooLong | Error::LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
                 Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-                Error::Store(_) | Error::Bus(_) | Error::ShuttingDown | Error::ServerFull => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                Error::Store(_)
+                | Error::Bus(_)
+                | Error::ShuttingDown
+                | Error::ServerFull
+                | Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
                 Error::UnknownCommand(_)
                 | Error::MissingArgument(_)
                 | Error::InvalidName(_)

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::core::Chat;
+use crate::core::{Chat, Error};
 use crate::telemetry::metric;
 
 /// What each connection needs from the configuration.
@@ -68,15 +68,11 @@ impl TcpServer {
                 }
             };
             if self.connect_rate.check().is_err() {
-                refuse(
-                    &stream,
-                    "connect_rate",
-                    "Error: Too many connections, try again later\n",
-                );
+                refuse(&stream, "connect_rate", &Error::TooManyConnections);
                 continue;
             }
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                refuse(&stream, "server_full", "Error: Server is full\n");
+                refuse(&stream, "server_full", &Error::ServerFull);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -95,7 +91,7 @@ impl TcpServer {
 
 /// Tells a refused client why, without waiting on it: a fresh socket's send buffer is empty, so
 /// the line fits or the client gets nothing. Then the socket is closed.
-fn refuse(stream: &TcpStream, reason: &'static str, line: &str) {
+fn refuse(stream: &TcpStream, reason: &'static str, error: &Error) {
     metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
-    let _ = stream.try_write(line.as_bytes());
+    let _ = stream.try_write(format!("Error: {error}\n").as_bytes());
 }
