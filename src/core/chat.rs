@@ -648,7 +648,7 @@ fn render_history(messages: &[ChatMessage]) -> String {
         text.push_str("No recent messages\n");
     }
     for m in messages {
-        text.push_str(&Event::Message(m.clone()).text());
+        text.push_str(&m.line());
         text.push('\n');
     }
     text.push_str("---");

@@ -66,6 +66,12 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// `[<room>] <nick>: <content>`: how the message reads on TCP, in history blocks and in
+    /// `/api/command` replies.
+    pub fn line(&self) -> String {
+        format!("[{}] {}: {}", self.room, self.user, self.content)
+    }
+
     pub fn stored(new: NewMessage, id: i64, seq: i64) -> Self {
         ChatMessage {
             id,
@@ -103,7 +109,7 @@ impl Event {
     /// The line a TCP user reads (without line ending); `/api/command` replies use the same words.
     pub fn text(&self) -> String {
         match self {
-            Event::Message(m) => format!("[{}] {}: {}", m.room, m.user, m.content),
+            Event::Message(m) => m.line(),
             Event::Room { text, .. } | Event::Notice(text) => format!("[system] {text}"),
             Event::Dm { from, content, .. } => format!("[DM from {from}] {content}"),
         }

@@ -181,7 +181,7 @@ pub async fn post_command(
     let message = match reply {
         Ok(Reply::Nothing) => String::new(),
         Ok(Reply::Text(text)) => text,
-        Ok(Reply::Sent(ack)) => crate::core::model::Event::Message(ack.committed().await?).text(),
+        Ok(Reply::Sent(ack)) => ack.committed().await?.line(),
         Ok(Reply::Quit(text)) => {
             state.chat.close(session).await;
             return Ok(Data(CommandReply { message: text }));
