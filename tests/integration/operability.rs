@@ -46,12 +46,7 @@ async fn every_spec_metric_is_exported_described_and_moves_with_traffic() {
     // Past the first pool sample (taken every second), signalled by the gauge itself.
     let deadline = Instant::now() + TIMEOUT;
     let metrics = loop {
-        let body = reqwest::get(http.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = http.metrics().await;
         if body.contains("chat_db_pool_connections{") || Instant::now() > deadline {
             break body;
         }
@@ -138,12 +133,7 @@ async fn every_spec_metric_is_exported_described_and_moves_with_traffic() {
     flood.send("/rooms").await;
     flood.line().await;
     flood.expect("Error: Rate limit exceeded").await;
-    let metrics = reqwest::get(http.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.metrics().await;
     assert!(total(&metrics, "chat_dropped_total", r#"reason="rate_limited""#) >= 1.0);
 }
 
@@ -227,12 +217,7 @@ async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_
         StatusCode::OK,
         "liveness does not depend on the database"
     );
-    let metrics = reqwest::get(http.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.metrics().await;
     assert_eq!(
         total(&metrics, "chat_circuit_breaker_state", ""),
         2.0,
@@ -279,12 +264,7 @@ async fn a_burst_of_2000_connects_is_shed_without_the_server_falling_over() {
         }
     }
     assert!(refused >= 1000, "only {refused} of 2000 refused");
-    let metrics = reqwest::get(http.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.metrics().await;
     assert_eq!(
         total(&metrics, "chat_dropped_total", r#"reason="connect_rate""#),
         refused as f64
