@@ -6,6 +6,7 @@
 //! included, so the core has a single delivery path whatever the deployment.
 
 pub mod local;
+mod sequencer;
 pub mod valkey;
 
 use std::collections::HashMap;

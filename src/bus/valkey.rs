@@ -4,9 +4,10 @@
 //!   local members in the room; DMs on `dms` and session moves on `sessions`, which every pod
 //!   hears. One subscriber connection per pod; fred re-subscribes after a reconnect.
 //! - Order and gaps: pub/sub is at-most-once, but every message is durable in the store with its
-//!   room's seq. Each pod remembers the last seq it delivered per room; a jump (a lost publish,
-//!   a Valkey restart, a lagging receiver) is filled from the store before going on, and after a
-//!   reconnect every watched room is caught up. No silent loss, no reordering.
+//!   room's seq. Each pod remembers the last seq it delivered per room; a message after a jump
+//!   waits briefly for the missing seqs (replicas publish concurrently, so they are usually just
+//!   behind), then the gap is filled from the store (a lost publish, a Valkey restart, a lagging
+//!   receiver); after a reconnect every watched room is caught up. No silent loss, no reordering.
 //! - Presence: one hash per pod (`presence:<instance>`: nick -> room) and nickname claims
 //!   (`nick:<name>`, SET NX), all with PRESENCE_TTL refreshed by a heartbeat, so a pod that dies
 //!   takes its users with it within PRESENCE_TTL.
@@ -14,7 +15,7 @@
 //!   lets exactly one pod close each expired session.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +24,10 @@ use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sequencer::Sequencer;
 use super::{Bus, BusError};
 use crate::core::hub::Hub;
 use crate::core::model::{Broadcast, ChatMessage, Envelope, Event, SessionId, SessionRecord};
@@ -93,8 +96,17 @@ pub struct ValkeyBus {
     claimed: Mutex<HashSet<String>>,
     /// Room channels this pod is subscribed to.
     subscribed: tokio::sync::Mutex<HashSet<RoomName>>,
-    /// The last seq delivered per room, for ordering and gap repair.
-    delivered: Mutex<HashMap<RoomName, i64>>,
+    /// Each watched room's position, and what arrived ahead of it. Delivery to the hub happens
+    /// under this lock, so messages of a room reach it in seq order whichever task hands them on.
+    order: Mutex<Sequencer>,
+}
+
+/// Sleeps until `deadline`, or for ever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn room_channel(room: &RoomName) -> String {
@@ -149,7 +161,7 @@ impl ValkeyBus {
             presence_ttl,
             claimed: Mutex::new(HashSet::new()),
             subscribed: tokio::sync::Mutex::new(HashSet::new()),
-            delivered: Mutex::new(HashMap::new()),
+            order: Mutex::new(Sequencer::default()),
         }))
     }
 
@@ -168,8 +180,10 @@ impl ValkeyBus {
         let mut reconnects = self.subscriber.reconnect_rx();
         let mut heartbeat = tokio::time::interval(self.presence_ttl / 3);
         loop {
+            let hold_ends = self.order().next_deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sleep_until(hold_ends) => self.fill_expired_gaps().await,
                 message = messages.recv() => match message {
                     Ok(message) => self.receive(&message).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -206,10 +220,9 @@ impl ValkeyBus {
         };
         match wire {
             Wire::Event(Event::Message(m)) => {
-                for m in self.in_order(m).await {
-                    self.hub
-                        .deliver(Envelope::Event(Broadcast::new(Event::Message(m))));
-                }
+                let mut order = self.order();
+                let ready = order.admit(m, Instant::now());
+                self.deliver_all(&order, ready);
             }
             Wire::Event(event) => self.hub.deliver(Envelope::Event(Broadcast::new(event))),
             Wire::SessionState {
@@ -229,11 +242,7 @@ impl ValkeyBus {
                 // from just after what the session was shown. Rewinding a room other local
                 // receivers share is harmless: their views drop what they already showed.
                 if let Some(room) = &followed {
-                    let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-                    delivered
-                        .entry(room.clone())
-                        .and_modify(|last| *last = (*last).min(seen))
-                        .or_insert(seen);
+                    self.order().start(room, seen);
                 }
                 if let Err(e) = self.sync_subscriptions().await {
                     tracing::warn!(error = %e, "updating room subscriptions failed");
@@ -245,34 +254,27 @@ impl ValkeyBus {
         }
     }
 
-    /// The messages to deliver now for `m`: none if already delivered, else whatever the store
-    /// has between the last delivered seq and `m`, then `m`.
-    async fn in_order(&self, m: ChatMessage) -> Vec<ChatMessage> {
-        let last = self
-            .delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&m.room)
-            .copied();
-        let mut ready = match last {
-            Some(last) if m.seq <= last => return Vec::new(),
-            Some(last) if m.seq > last + 1 => {
-                self.fetch_after(&m.room, last, (m.seq - last - 1) as usize)
-                    .await
-            }
-            _ => Vec::new(),
-        };
-        ready.retain(|missing| missing.seq < m.seq);
-        ready.push(m);
-        self.mark_delivered(&ready);
-        ready
+    fn order(&self) -> MutexGuard<'_, Sequencer> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn mark_delivered(&self, messages: &[ChatMessage]) {
-        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+    /// Hands messages to the hub; taking the order guard proves they leave in seq order.
+    fn deliver_all(&self, _order: &MutexGuard<'_, Sequencer>, messages: Vec<ChatMessage>) {
         for m in messages {
-            let last = delivered.entry(m.room.clone()).or_insert(m.seq);
-            *last = (*last).max(m.seq);
+            self.hub
+                .deliver(Envelope::Event(Broadcast::new(Event::Message(m))));
+        }
+    }
+
+    /// Gaps that the bus did not fill within the hold: read them from the store.
+    async fn fill_expired_gaps(&self) {
+        let gaps = self.order().expired(Instant::now());
+        for gap in gaps {
+            let missing = (gap.before - gap.after - 1) as usize;
+            let fetched = self.fetch_after(&gap.room, gap.after, missing).await;
+            let mut order = self.order();
+            let ready = order.fill(&gap.room, fetched);
+            self.deliver_all(&order, ready);
         }
     }
 
@@ -318,13 +320,7 @@ impl ValkeyBus {
 
     /// After a reconnect or a lag: deliver whatever every watched room missed.
     async fn catch_up_all(&self) {
-        let rooms: Vec<RoomName> = self
-            .delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let rooms = self.order().rooms();
         for room in rooms {
             self.catch_up(&room).await;
         }
@@ -332,30 +328,14 @@ impl ValkeyBus {
 
     /// Delivers what the store has of `room` after the last seq this pod delivered.
     async fn catch_up(&self, room: &RoomName) {
-        let Some(last) = self
-            .delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(room)
-            .copied()
-        else {
+        let Some(last) = self.order().position(room) else {
             return;
         };
-        let mut missed = self.fetch_after(room, last, REPAIR_LIMIT).await;
-        // Pub/sub may have delivered some of them meanwhile.
-        let now = self
-            .delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(room)
-            .copied()
-            .unwrap_or(last);
-        missed.retain(|m| m.seq > now);
-        self.mark_delivered(&missed);
-        for m in missed {
-            self.hub
-                .deliver(Envelope::Event(Broadcast::new(Event::Message(m))));
-        }
+        let missed = self.fetch_after(room, last, REPAIR_LIMIT).await;
+        // Pub/sub may have delivered some of them meanwhile: `fill` skips those.
+        let mut order = self.order();
+        let ready = order.fill(room, missed);
+        self.deliver_all(&order, ready);
     }
 
     async fn heartbeat(&self) -> Result<(), BusError> {
@@ -406,11 +386,7 @@ impl ValkeyBus {
                 .await
                 .map_err(failed("subscribing to a room"))?;
             for (room, last) in baselines {
-                self.delivered
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(room.clone())
-                    .or_insert(last);
+                self.order().start_unless_known(&room, last);
                 self.catch_up(&room).await;
             }
         }
@@ -420,10 +396,8 @@ impl ValkeyBus {
                 .unsubscribe(channels)
                 .await
                 .map_err(failed("unsubscribing from a room"))?;
-            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-            drop.iter().for_each(|room| {
-                delivered.remove(room);
-            });
+            let mut order = self.order();
+            drop.iter().for_each(|room| order.forget(room));
         }
         *subscribed = wanted;
         Ok(())

@@ -15,6 +15,7 @@ use crate::services::{postgres::Postgres, valkey::Valkey};
 
 struct Cluster {
     _pg: Postgres,
+    database_url: String,
     valkey: Valkey,
     replicas: Vec<Replica>,
 }
@@ -47,6 +48,7 @@ async fn cluster(size: usize) -> Cluster {
     }
     Cluster {
         _pg: pg,
+        database_url: url,
         valkey,
         replicas,
     }
@@ -292,4 +294,35 @@ async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arr
             "[resilient] ann: m4"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_message_committed_but_never_published_reaches_every_replica_from_the_store_in_order() {
+    let cluster = cluster(2).await;
+    let mut ann = Client::login(cluster.tcp(0), "ann").await;
+    ann.create("gaps").await;
+    let mut bob = Client::login(cluster.tcp(1), "bob").await;
+    bob.join("gaps").await;
+    ann.expect("[system] bob joined gaps").await;
+
+    // What a replica that died between its commit and its publish leaves behind: the next seq is
+    // taken in the store, and no replica heard of it.
+    let db = sqlx::PgPool::connect(&cluster.database_url).await.unwrap();
+    sqlx::query(
+        "WITH r AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE name = 'gaps' RETURNING id, last_seq)
+         INSERT INTO messages (room_id, seq, nickname, content, created_at)
+         SELECT id, last_seq, 'ghost', 'committed, never published', now() FROM r",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    // The next published message shows both replicas the gap; after a short hold they read it.
+    bob.send("after the gap").await;
+    for client in [&mut ann, &mut bob] {
+        client
+            .expect("[gaps] ghost: committed, never published")
+            .await;
+        client.expect("[gaps] bob: after the gap").await;
+    }
 }
