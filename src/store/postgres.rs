@@ -77,6 +77,9 @@ fn rows<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, St
     rows.into_iter().map(T::try_from).collect()
 }
 
+/// A pooled connection idle for longer than this is pinged before use.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// Connects a pool of `size` connections; a caller waits at most `acquire_timeout` for one.
     pub async fn connect(
@@ -87,6 +90,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(acquire_timeout)
+            // sqlx pings every connection before handing it out: a round trip on the commit path
+            // of every message. Ping only connections that sat idle (PostgreSQL may have
+            // restarted meanwhile); a busy one that broke fails its query like any store error.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(failed("connecting to PostgreSQL"))?;
