@@ -5,6 +5,8 @@ use std::num::NonZeroU32;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::*;
 use crate::http_client::Http;
@@ -414,6 +416,97 @@ async fn a_slow_sse_reader_is_closed_without_stalling_others() {
         read < count,
         "the slow stream was closed after {read} events"
     );
+}
+
+/// Reads from `socket` until `needle` has arrived; returns everything read.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let mut read = Vec::new();
+    while !String::from_utf8_lossy(&read).contains(needle) {
+        let mut chunk = [0; 4096];
+        let n = tokio::time::timeout(TIMEOUT, socket.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&read)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&read)
+        );
+        read.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(read).unwrap()
+}
+
+fn stream_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("lean").await;
+    let web = http.connect("web").await;
+    let path = format!("/api/messages/lean?sessionId={web}");
+
+    // First request on a fresh connection (what EventSource opens): written on the bare socket,
+    // the body delimited by the connection's end.
+    let mut fresh = TcpStream::connect(app.http).await.unwrap();
+    fresh
+        .write_all(stream_request(&path).as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut fresh, "event: connected").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("connection: close\r\n"), "{head}");
+
+    // After another request on the same connection: hyper serves it, chunked, kept alive.
+    let mut reused = TcpStream::connect(app.http).await.unwrap();
+    reused
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // The health body is one flat JSON object: it ends at the first `"}`.
+    read_until(&mut reused, "\"}").await;
+    reused
+        .write_all(stream_request(&path).as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut reused, "event: connected").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    nc.send("to both").await;
+    for socket in [&mut fresh, &mut reused] {
+        let frame = read_until(socket, "to both").await;
+        assert!(frame.contains("event: message\nid: 1\n"), "{frame}");
+    }
+
+    // An error on the fresh-connection path keeps its status and envelope, and a length.
+    let mut refused = TcpStream::connect(app.http).await.unwrap();
+    refused
+        .write_all(stream_request("/api/messages/lean?sessionId=bogus").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(TIMEOUT, refused.read_to_string(&mut response))
+        .await
+        .expect("the connection closes after the error")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["success"], false);
 }
 
 #[tokio::test]

@@ -100,9 +100,12 @@ impl Http {
         body["data"].clone()
     }
 
-    /// Opens an event stream at `path` (query included), optionally resuming with Last-Event-ID.
+    /// Opens an event stream at `path` (query included), optionally resuming with Last-Event-ID,
+    /// as `EventSource` does: `Accept: text/event-stream`, on a connection of its own.
     pub async fn stream(&self, path: &str, last_event_id: Option<i64>) -> Sse {
-        let mut request = self.client.get(self.url(path));
+        let mut request = reqwest::Client::new()
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

@@ -4,11 +4,11 @@
 mod api;
 mod auth;
 mod error;
+mod listener;
 pub mod openapi;
 mod sse;
 mod web;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,11 +91,15 @@ async fn record_duration(request: Request, next: Next) -> Response {
 /// Serves until `stop`, then finishes the requests in flight. Streams end earlier, on the drain
 /// token in `state`, which also turns readiness to 503.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
+    let router = router(state);
+    let listener = listener::HttpListener::new(listener, router.clone(), stop.clone());
+    let own_connections = listener.tasks();
+    if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
         tracing::error!(error = %e, "HTTP server failed");
     }
+    own_connections.close();
+    own_connections.wait().await;
 }
