@@ -12,7 +12,7 @@ use tokio_stream::wrappers::LinesStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatArgs;
-use crate::http::WebUser;
+use crate::http::{WebUser, unpooled_client};
 use crate::report::{Receiver, Report};
 use crate::tcp::Member;
 
@@ -53,15 +53,10 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
         .await
         .context("setting up TCP members")?;
     let web_http = |i: usize| args.http_endpoints[i % args.http_endpoints.len()];
+    // Streams on connections of their own, as browsers' EventSource opens them.
+    let stream_client = unpooled_client()?;
     let subscribers: Vec<WebUser> = futures::stream::iter(0..args.sse_members)
-        .map(|i| {
-            WebUser::connect(
-                reqwest::Client::new(),
-                web_http(i),
-                nick("s", i),
-                Some(room),
-            )
-        })
+        .map(|i| WebUser::connect(stream_client.clone(), web_http(i), nick("s", i), Some(room)))
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await

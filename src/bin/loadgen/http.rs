@@ -7,6 +7,14 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+/// A client that keeps no idle connections: each stream then arrives on a connection of its own,
+/// the way `EventSource` opens one, and the server holds exactly one socket per stream.
+pub fn unpooled_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?)
+}
+
 /// An HTTP session of the load generator.
 pub struct WebUser {
     client: reqwest::Client,
@@ -82,6 +90,8 @@ impl WebUser {
             .client
             .get(format!("{}/api/messages/{room}", self.base))
             .bearer_auth(&self.session)
+            // What EventSource sends.
+            .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await?;
         if !response.status().is_success() {

@@ -4,7 +4,7 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::IdleArgs;
-use crate::http::WebUser;
+use crate::http::{WebUser, unpooled_client};
 use crate::tcp::Member;
 
 /// Connections opened at once.
@@ -16,11 +16,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
     let room = args.room.as_deref();
     let held: Vec<Box<dyn Send>> = if args.sse {
         let room = room.context("--sse needs --room")?;
-        // No idle pooled connections: the server should hold one connection per stream, as it
-        // would for browsers, not also the leftovers of each `/api/connect`.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()?;
+        // Not also the leftover connection of each `/api/connect`.
+        let client = unpooled_client()?;
         // One user creates the room; every stream subscribes to it.
         WebUser::connect(
             client.clone(),
