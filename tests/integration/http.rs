@@ -442,7 +442,7 @@ fn stream_request(path: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one() {
+async fn streams_and_requests_share_connections_as_http_1_1_allows() {
     let app = spawn_app().await;
     let http = Http::new(app.http);
     let mut nc = app.login("nc").await;
@@ -450,8 +450,8 @@ async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one(
     let web = http.connect("web").await;
     let path = format!("/api/messages/lean?sessionId={web}");
 
-    // First request on a fresh connection (what EventSource opens): written on the bare socket,
-    // the body delimited by the connection's end.
+    // A stream on a fresh connection, as EventSource opens it: written on the bare socket, the
+    // body delimited by the connection's end.
     let mut fresh = TcpStream::connect(app.http).await.unwrap();
     fresh
         .write_all(stream_request(&path).as_bytes())
@@ -465,22 +465,29 @@ async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one(
     );
     assert!(head.contains("connection: close\r\n"), "{head}");
 
-    // After another request on the same connection: hyper serves it, chunked, kept alive.
+    // Two pipelined requests on one kept-alive connection, answered in order, then a stream on it.
     let mut reused = TcpStream::connect(app.http).await.unwrap();
     reused
-        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .write_all(
+            b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /api/rooms HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
         .await
         .unwrap();
-    // The health body is one flat JSON object: it ends at the first `"}`.
-    read_until(&mut reused, "\"}").await;
+    let answers = read_until(&mut reused, "\"lean\"").await;
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{answers}"
+    );
+    let (health, rooms) = (answers.find("\"uptime\""), answers.find("\"lean\""));
+    assert!(health.unwrap() < rooms.unwrap(), "{answers}");
     reused
         .write_all(stream_request(&path).as_bytes())
         .await
         .unwrap();
     let head = read_until(&mut reused, "event: connected").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-    assert!(!head.contains("connection: close"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
 
     nc.send("to both").await;
     for socket in [&mut fresh, &mut reused] {
@@ -488,7 +495,7 @@ async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one(
         assert!(frame.contains("event: message\nid: 1\n"), "{frame}");
     }
 
-    // An error on the fresh-connection path keeps its status and envelope, and a length.
+    // An error on a stream request keeps its status and envelope, and a length.
     let mut refused = TcpStream::connect(app.http).await.unwrap();
     refused
         .write_all(stream_request("/api/messages/lean?sessionId=bogus").as_bytes())
@@ -507,6 +514,33 @@ async fn a_stream_is_served_alike_on_a_fresh_connection_and_on_a_kept_alive_one(
     );
     let body: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["success"], false);
+
+    // What the listener leaves to hyper still works: a chunked body, and HTTP/1.0.
+    let mut chunked = TcpStream::connect(app.http).await.unwrap();
+    let json = r#"{"nickname":"chunky"}"#;
+    chunked
+        .write_all(
+            format!(
+                "POST /api/connect HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{json}\r\n0\r\n\r\n",
+                json.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = read_until(&mut chunked, "sessionId").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let mut old = TcpStream::connect(app.http).await.unwrap();
+    old.write_all(b"GET /health HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(TIMEOUT, old.read_to_string(&mut answer))
+        .await
+        .expect("an HTTP/1.0 answer ends the connection")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
 }
 
 #[tokio::test]

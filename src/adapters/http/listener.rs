@@ -1,198 +1,221 @@
 //! The HTTP listener: event streams on the bare socket, everything else through hyper.
 //!
-//! A connection's first request head is read here. If it opens an event stream (a `GET` that
-//! accepts `text/event-stream`, as every `EventSource` sends), the request still goes through the
-//! router — same routes, extractors, errors and metrics — but the response is written to the
-//! socket directly and the connection closes when the stream ends. Any other connection is
-//! handed to hyper with the bytes already read put back in front of it.
+//! Request heads are read here (httparse), one request at a time:
+//! - a `GET` that accepts `text/event-stream` (what every `EventSource` sends) goes through the
+//!   router — same routes, extractors, errors and metrics — but its response is written to the
+//!   socket directly, and the connection ends with the stream;
+//! - any other request is one exchange with hyper: hyper reads exactly that request and then sees
+//!   the end of its input, answers as on any kept-alive connection, and gives the socket back, so
+//!   the next request on the connection — maybe a stream — is read here again;
+//! - anything unusual (HTTP/1.0, a chunked body, an upgrade, HTTP/2, `Connection: close`, a head
+//!   over 8 KiB, bad syntax) hands the rest of the connection to hyper.
 //!
-//! Why: hyper keeps two fixed 8 KiB buffers per HTTP/1.1 connection (read, and response head)
-//! for the connection's whole life, which is most of what an idle stream would cost; a stream
-//! needs neither once its head is written. A stream opened on a connection that already carried
-//! other requests stays with hyper: correct, only heavier.
+//! Why: hyper keeps two fixed 8 KiB buffers (read, response head) per HTTP/1.1 connection for the
+//! connection's whole life — most of what an idle stream cost. Here they exist only during an
+//! exchange, and a stream needs neither once its head is written.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header, response};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Chain, Join};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Most of a request head read before deciding; a longer head is hyper's to judge.
+/// Most of a request head read here; a longer head is hyper's to judge.
 const HEAD_LIMIT: usize = 8 * 1024;
 /// What a request head usually fits in.
 const HEAD_INITIAL: usize = 1024;
-/// Most headers an event-stream request may carry to be served here.
+/// Most headers a request read here may carry.
 const MAX_HEADERS: usize = 64;
 
-/// A connection handed to hyper: the bytes read while deciding, then the socket.
-pub type Handed = Join<Chain<io::Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>;
-
-pub struct HttpListener {
-    tcp: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-    handed_tx: mpsc::Sender<(Handed, SocketAddr)>,
-    handed_rx: mpsc::Receiver<(Handed, SocketAddr)>,
-    /// Connections being read or serving a stream here (hyper tracks its own).
-    tasks: TaskTracker,
-}
-
-impl HttpListener {
-    /// `stop` ends the connections still deciding; streams end on their own drain token.
-    pub fn new(tcp: TcpListener, router: Router, stop: CancellationToken) -> Self {
-        let (handed_tx, handed_rx) = mpsc::channel(64);
-        HttpListener {
-            tcp,
-            router,
-            stop,
-            handed_tx,
-            handed_rx,
-            tasks: TaskTracker::new(),
-        }
-    }
-
-    /// The connections this listener serves itself, to wait for after the server stops.
-    pub fn tasks(&self) -> TaskTracker {
-        self.tasks.clone()
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = Handed;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Handed, SocketAddr) {
-        loop {
-            tokio::select! {
-                Some(handed) = self.handed_rx.recv() => return handed,
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let _ = socket.set_nodelay(true);
-                        self.tasks.spawn(first_request(
-                            socket,
-                            peer,
-                            self.router.clone(),
-                            self.handed_tx.clone(),
-                            self.stop.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning on it.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// Reads the first request head, then serves the stream here or hands the connection to hyper.
-async fn first_request(
-    mut socket: TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    handoff: mpsc::Sender<(Handed, SocketAddr)>,
-    stop: CancellationToken,
-) {
-    let mut head = Vec::with_capacity(HEAD_INITIAL);
-    let request = loop {
-        let read = tokio::select! {
-            _ = stop.cancelled() => return,
-            read = socket.read_buf(&mut head) => read,
+/// Accepts until `stop`, then waits for the connections: idle ones close at once, requests in
+/// flight finish, streams end on their own drain token.
+pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = tcp.accept() => accepted,
         };
-        if !matches!(read, Ok(n) if n > 0) {
-            return;
-        }
-        match event_stream_request(&head) {
-            Sniffed::Stream(request) => break *request,
-            Sniffed::Incomplete if head.len() < HEAD_LIMIT => continue,
-            Sniffed::Incomplete | Sniffed::Other => {
-                head.shrink_to_fit();
-                let (read, write) = socket.into_split();
-                let handed = tokio::io::join(io::Cursor::new(head).chain(read), write);
-                // Refused only when the server has stopped accepting: the connection closes.
-                let _ = handoff.send((handed, peer)).await;
-                return;
+        match accepted {
+            Ok((socket, _)) => {
+                let _ = socket.set_nodelay(true);
+                connections.spawn(connection(socket, router.clone(), stop.clone()));
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning on it.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    };
-    drop(head);
-    serve_stream(socket, request, router).await;
+    }
+    drop(tcp);
+    connections.close();
+    connections.wait().await;
 }
 
-enum Sniffed {
+async fn connection(mut socket: TcpStream, router: Router, stop: CancellationToken) {
+    // Bytes read and not yet served; empty (no allocation) while the connection is idle.
+    let mut unread = Vec::new();
+    loop {
+        let next = loop {
+            match next_request(&unread) {
+                Next::Incomplete => {}
+                next => break next,
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ready = socket.readable() => if ready.is_err() { return },
+            }
+            unread.reserve(HEAD_INITIAL);
+            match socket.try_read_buf(&mut unread) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        };
+        // The hyper futures are boxed: they are large and short-lived, and an idle stream's
+        // task should not carry room for them.
+        match next {
+            Next::Stream(request) => {
+                drop(unread);
+                return serve_stream(socket, *request, router).await;
+            }
+            Next::Exchange(length) => {
+                let served = Box::pin(exchange(&mut socket, &mut unread, length, &router)).await;
+                if !served || stop.is_cancelled() {
+                    return;
+                }
+            }
+            Next::HandOver => return Box::pin(hand_over(socket, unread, router, stop)).await,
+            Next::Incomplete => unreachable!("read on above"),
+        }
+        if unread.is_empty() {
+            unread = Vec::new();
+        }
+    }
+}
+
+enum Next {
+    /// A plain `GET` that opens an event stream, with nothing after it: served here.
     Stream(Box<Request<Body>>),
+    /// An ordinary request of this many bytes, head and body: one exchange with hyper.
+    Exchange(usize),
+    /// The head has not all arrived yet.
     Incomplete,
-    Other,
+    /// Something only hyper should handle: the rest of the connection is its.
+    HandOver,
 }
 
-/// The request in `bytes` if it is a complete event-stream request and nothing else.
-fn event_stream_request(bytes: &[u8]) -> Sniffed {
+/// What to do with the request at the start of `bytes`.
+fn next_request(bytes: &[u8]) -> Next {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(length)) if length == bytes.len() => {
-            to_request(&parsed).map_or(Sniffed::Other, |r| Sniffed::Stream(Box::new(r)))
-        }
-        // Still arriving, and may yet be a GET: read on.
-        Ok(httparse::Status::Partial) if b"GET ".starts_with(&bytes[..bytes.len().min(4)]) => {
-            Sniffed::Incomplete
-        }
-        _ => Sniffed::Other,
+    let head = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) if bytes.len() < HEAD_LIMIT => return Next::Incomplete,
+        _ => return Next::HandOver,
+    };
+    if parsed.version != Some(1) {
+        return Next::HandOver;
     }
+    let mut body = 0;
+    let mut event_stream = false;
+    for h in parsed.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        match h.name.to_ascii_lowercase().as_str() {
+            "content-length" if body == 0 => match value.trim().parse() {
+                Ok(length) => body = length,
+                Err(_) => return Next::HandOver,
+            },
+            // A second Content-Length, a chunked body, a protocol switch, a last request.
+            "content-length" | "transfer-encoding" | "upgrade" => return Next::HandOver,
+            "connection" if !value.eq_ignore_ascii_case("keep-alive") => return Next::HandOver,
+            "accept" => event_stream |= value.contains("text/event-stream"),
+            _ => {}
+        }
+    }
+    let length = head + body;
+    if event_stream
+        && parsed.method == Some("GET")
+        && body == 0
+        && length == bytes.len()
+        && let Some(request) = to_request(&parsed)
+    {
+        return Next::Stream(Box::new(request));
+    }
+    Next::Exchange(length)
 }
 
 fn to_request(parsed: &httparse::Request) -> Option<Request<Body>> {
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
-        return None;
-    }
     let mut request = Request::builder()
         .method(Method::GET)
         .uri(parsed.path?)
         .version(Version::HTTP_11);
-    let mut event_stream = false;
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == header::ACCEPT {
-            event_stream |= value
-                .to_str()
-                .is_ok_and(|v| v.contains("text/event-stream"));
-        }
-        // A request with a body, or one asking to switch protocols, is not a plain stream.
-        if [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-        ]
-        .contains(&name)
-        {
-            return None;
-        }
-        request = request.header(name, value);
+        request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
     }
-    event_stream.then(|| request.body(Body::empty()).ok())?
+    request.body(Body::empty()).ok()
+}
+
+/// Serves the `length` bytes of request at the front of `unread` (and the rest of its body from
+/// the socket) through hyper. False when the connection should close.
+async fn exchange(
+    socket: &mut TcpStream,
+    unread: &mut Vec<u8>,
+    length: usize,
+    router: &Router,
+) -> bool {
+    let rest = unread.split_off(length.min(unread.len()));
+    let request = std::mem::replace(unread, rest);
+    let from_socket = (length - request.len()) as u64;
+    let (mut read, mut write) = socket.split();
+    // After the request, end of input: hyper answers, finds the connection idle and done.
+    let input = io::Cursor::new(request).chain((&mut read).take(from_socket));
+    let io = TokioIo::new(tokio::io::join(input, &mut write));
+    let served = hyper::server::conn::http1::Builder::new()
+        // The end of input comes while the response may still be on its way.
+        .half_close(true)
+        .serve_connection(io, TowerToHyperService::new(router.clone()))
+        .without_shutdown()
+        .await;
+    match served {
+        Ok(parts) => {
+            // Bytes hyper read but did not use (none expected): they come first next time.
+            unread.splice(0..0, parts.read_buf);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Gives the rest of the connection to hyper (HTTP/1.1 or HTTP/2), bytes already read first.
+async fn hand_over(socket: TcpStream, unread: Vec<u8>, router: Router, stop: CancellationToken) {
+    let (read, write) = socket.into_split();
+    let io = TokioIo::new(tokio::io::join(io::Cursor::new(unread).chain(read), write));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 /// Runs the request through the router and writes the response straight to the socket.
 async fn serve_stream(mut socket: TcpStream, request: Request<Body>, router: Router) {
-    // Boxed: the router's future is large and only needed until the response exists, so an idle
-    // stream's task does not carry room for it.
+    // Boxed: the router's future is large and only needed until the response exists.
     let response = match Box::pin(router.oneshot(request)).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -259,14 +282,14 @@ async fn closed_by_peer(socket: &TcpStream) {
 mod tests {
     use super::*;
 
-    fn sniff(head: &str) -> Sniffed {
-        event_stream_request(head.as_bytes())
+    fn next(head: &str) -> Next {
+        next_request(head.as_bytes())
     }
 
     #[test]
     fn an_event_source_request_is_served_here() {
         let head = "GET /api/events?sessionId=x HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\nLast-Event-ID: 7\r\n\r\n";
-        let Sniffed::Stream(request) = sniff(head) else {
+        let Next::Stream(request) = next(head) else {
             panic!("not recognised as a stream");
         };
         assert_eq!(request.uri(), "/api/events?sessionId=x");
@@ -274,32 +297,40 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_get_head_is_read_on_and_anything_else_goes_to_hyper() {
+    fn an_ordinary_request_is_one_exchange_of_its_head_and_body() {
+        let post = "POST /api/message HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(next(&format!("{post}hi")), Next::Exchange(n) if n == post.len() + 2));
+        // The body need not have arrived yet; what follows it is the next request's.
+        assert!(matches!(next(post), Next::Exchange(n) if n == post.len() + 2));
+        let get = "GET /health HTTP/1.1\r\nConnection: keep-alive\r\n\r\n";
+        assert!(
+            matches!(next(&format!("{get}GET / HTTP/1.1\r\n")), Next::Exchange(n) if n == get.len())
+        );
+        // A stream request with bytes after it is left to hyper, within one exchange.
+        let stream = "GET /api/events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n";
+        assert!(matches!(next(&format!("{stream}GET /")), Next::Exchange(n) if n == stream.len()));
+    }
+
+    #[test]
+    fn a_partial_head_is_read_on_and_anything_unusual_goes_to_hyper() {
+        assert!(matches!(next(""), Next::Incomplete));
         assert!(matches!(
-            sniff("GET /api/events HTTP/1.1\r\nAccept: text/"),
-            Sniffed::Incomplete
+            next("GET /api/events HTTP/1.1\r\nAccept: text/"),
+            Next::Incomplete
         ));
-        assert!(matches!(sniff("GE"), Sniffed::Incomplete));
-        assert!(matches!(
-            sniff("POST /api/message HTTP/1.1\r\n"),
-            Sniffed::Other
-        ));
-        assert!(matches!(
-            sniff("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Sniffed::Other
-        ));
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(HEAD_LIMIT));
         for head in [
-            // No Accept: text/event-stream.
-            "GET /api/events HTTP/1.1\r\nHost: h\r\n\r\n",
-            // HTTP/1.0.
             "GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
-            // A body, or a pipelined second request, after the head.
-            "GET /api/events HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 2\r\n\r\nhi",
-            "GET /api/events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\nGET / HTTP/1.1\r\n\r\n",
-            // Garbage.
+            "POST /api/message HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /api/message HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "POST /api/message HTTP/1.1\r\nContent-Length: two\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "\x16\x03\x01 not http",
+            &huge,
         ] {
-            assert!(matches!(sniff(head), Sniffed::Other), "{head:?}");
+            assert!(matches!(next(head), Next::HandOver), "{head:?}");
         }
     }
 

@@ -91,15 +91,5 @@ async fn record_duration(request: Request, next: Next) -> Response {
 /// Serves until `stop`, then finishes the requests in flight. Streams end earlier, on the drain
 /// token in `state`, which also turns readiness to 503.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    let router = router(state);
-    let listener = listener::HttpListener::new(listener, router.clone(), stop.clone());
-    let own_connections = listener.tasks();
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
-    own_connections.close();
-    own_connections.wait().await;
+    listener::serve(listener, router(state), stop).await;
 }
