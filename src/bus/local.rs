@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Bus, BusError};
+use super::{Bus, BusError, Holder};
 use crate::core::hub::Hub;
 use crate::core::model::{Envelope, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
@@ -60,7 +60,12 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn claim_nick(&self, nick: &Nickname, session: SessionId) -> Result<bool, BusError> {
+    async fn claim_nick(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        _holder: Holder,
+    ) -> Result<bool, BusError> {
         let mut presence = self.presence();
         match presence.nicks.get(nick) {
             Some((_, owner)) if *owner != session => Ok(false),
@@ -101,7 +106,12 @@ impl Bus for LocalBus {
             .collect())
     }
 
-    async fn enter_room(&self, room: &RoomName, nick: &Nickname) -> Result<(), BusError> {
+    async fn enter_room(
+        &self,
+        room: &RoomName,
+        nick: &Nickname,
+        _holder: Holder,
+    ) -> Result<(), BusError> {
         self.presence()
             .rooms
             .entry(room.clone())
@@ -110,7 +120,12 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn exit_room(&self, room: &RoomName, nick: &Nickname) -> Result<(), BusError> {
+    async fn exit_room(
+        &self,
+        room: &RoomName,
+        nick: &Nickname,
+        _holder: Holder,
+    ) -> Result<(), BusError> {
         let mut presence = self.presence();
         if let Some(members) = presence.rooms.get_mut(room) {
             members.remove(nick);

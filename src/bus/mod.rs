@@ -17,6 +17,17 @@ use async_trait::async_trait;
 use crate::core::model::{Envelope, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
 
+/// What keeps a nickname claim or a presence entry alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// A connection on this pod: alive while the pod is (its heartbeat), gone within
+    /// PRESENCE_TTL if the pod dies.
+    Pod,
+    /// An HTTP session, which any pod may serve: alive while the session is, that is for this
+    /// long after its last activity, whatever happens to the pod that created it.
+    Session(Duration),
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("the bus is unavailable: {0}")]
@@ -38,7 +49,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn unwatch_room(&self, room: &RoomName) -> Result<(), BusError>;
 
     /// Claims a nickname for a session, cluster-wide and case-insensitively. False when taken.
-    async fn claim_nick(&self, nick: &Nickname, session: SessionId) -> Result<bool, BusError>;
+    async fn claim_nick(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<bool, BusError>;
 
     /// Releases a nickname, if this session holds it.
     async fn release_nick(&self, nick: &Nickname, session: SessionId) -> Result<(), BusError>;
@@ -50,9 +66,19 @@ pub trait Bus: Send + Sync + 'static {
     async fn online_users(&self) -> Result<Vec<Nickname>, BusError>;
 
     /// Records that `nick` is now in `room` (presence for `/list` and `/rooms`).
-    async fn enter_room(&self, room: &RoomName, nick: &Nickname) -> Result<(), BusError>;
+    async fn enter_room(
+        &self,
+        room: &RoomName,
+        nick: &Nickname,
+        holder: Holder,
+    ) -> Result<(), BusError>;
 
-    async fn exit_room(&self, room: &RoomName, nick: &Nickname) -> Result<(), BusError>;
+    async fn exit_room(
+        &self,
+        room: &RoomName,
+        nick: &Nickname,
+        holder: Holder,
+    ) -> Result<(), BusError>;
 
     /// Who is in a room, on any pod, in no particular order.
     async fn room_members(&self, room: &RoomName) -> Result<Vec<Nickname>, BusError>;

@@ -10,7 +10,9 @@
 //!   receiver); after a reconnect every watched room is caught up. No silent loss, no reordering.
 //! - Presence: one hash per pod (`presence:<instance>`: nick -> room) and nickname claims
 //!   (`nick:<name>`, SET NX), all with PRESENCE_TTL refreshed by a heartbeat, so a pod that dies
-//!   takes its users with it within PRESENCE_TTL.
+//!   takes its connections' users with it within PRESENCE_TTL. HTTP sessions belong to no pod:
+//!   their presence is in `presence:sessions` and their claims live as long as the session,
+//!   renewed by whichever pod serves it, until the session is closed or expires.
 //! - HTTP sessions: `session:<id>` JSON records, plus a sorted set of logical expiry times that
 //!   lets exactly one pod close each expired session.
 
@@ -28,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::sequencer::Sequencer;
-use super::{Bus, BusError};
+use super::{Bus, BusError, Holder};
 use crate::core::hub::Hub;
 use crate::core::model::{Broadcast, ChatMessage, Envelope, Event, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
@@ -38,6 +40,8 @@ const DMS: &str = "dms";
 const SESSIONS: &str = "sessions";
 const PODS: &str = "pods";
 const SESSION_EXPIRY: &str = "sessions:expiry";
+/// Presence of HTTP sessions (nick -> room), cluster-wide: entries leave when the session closes.
+const SESSION_PRESENCE: &str = "presence:sessions";
 /// Session records outlive their logical expiry by this much, so the pod that closes an expired
 /// session can still read it.
 const SESSION_RECORD_GRACE_SECS: i64 = 300;
@@ -45,6 +49,9 @@ const SESSION_RECORD_GRACE_SECS: i64 = 300;
 const BUS_BUFFER: usize = 16_384;
 /// Most messages fetched from the store to fill one gap.
 const REPAIR_LIMIT: usize = 10_000;
+
+/// Sets a key's time to live (ms) only if it still holds the caller's value.
+const EXPIRE_IF_OWNED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
 /// Deletes a key only if it still holds the caller's value (a nickname claim, say).
 const DELETE_IF_OWNED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -114,7 +121,27 @@ fn room_channel(room: &RoomName) -> String {
 }
 
 fn nick_key(nick: &Nickname) -> String {
-    format!("nick:{}", nick.key())
+    claim_key(&nick.key())
+}
+
+/// The claim of the nickname whose case-folded form is `key`.
+fn claim_key(key: &str) -> String {
+    format!("nick:{key}")
+}
+
+/// What a nickname's key holds while `session` has it.
+fn claim_value(nick: &Nickname, session: SessionId) -> String {
+    serde_json::to_string(&Claim {
+        session,
+        nick: nick.clone(),
+    })
+    .expect("serializable")
+}
+
+/// How long an HTTP session's nickname claim lasts after its last activity: past the session's
+/// own expiry, until the pod that closes it releases the claim.
+fn session_claim_secs(idle: Duration) -> i64 {
+    idle.as_secs() as i64 + SESSION_RECORD_GRACE_SECS
 }
 
 impl ValkeyBus {
@@ -431,15 +458,67 @@ impl ValkeyBus {
                     .filter_map(|v| serde_json::from_str::<Presence>(v).ok()),
             );
         }
+        everyone.extend(self.session_presence().await?);
         Ok(everyone)
     }
 
-    async fn set_presence(&self, nick: &Nickname, room: Option<&RoomName>) -> Result<(), BusError> {
+    /// HTTP sessions' presence. An entry whose nickname claim has lapsed belongs to a session
+    /// that ended without being closed (every pod down past its expiry): it is dropped here.
+    async fn session_presence(&self) -> Result<Vec<Presence>, BusError> {
+        let entries: Vec<(String, String)> = self
+            .client
+            .hgetall::<HashMap<String, String>, _>(SESSION_PRESENCE)
+            .await
+            .map_err(failed("reading presence"))?
+            .into_iter()
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claims: Vec<Option<String>> = self
+            .client
+            .mget(
+                entries
+                    .iter()
+                    .map(|(key, _)| claim_key(key))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(failed("reading presence"))?;
+        let mut present = Vec::new();
+        for ((key, entry), claim) in entries.into_iter().zip(claims) {
+            if claim.is_some() {
+                present.extend(serde_json::from_str::<Presence>(&entry).ok());
+            } else {
+                let _: i64 = self
+                    .client
+                    .hdel(SESSION_PRESENCE, key)
+                    .await
+                    .map_err(failed("dropping stale presence"))?;
+            }
+        }
+        Ok(present)
+    }
+
+    async fn set_presence(
+        &self,
+        nick: &Nickname,
+        room: Option<&RoomName>,
+        holder: Holder,
+    ) -> Result<(), BusError> {
         let entry = serde_json::to_string(&Presence {
             nick: nick.clone(),
             room: room.cloned(),
         })
         .expect("serializable");
+        if let Holder::Session(_) = holder {
+            let _: () = self
+                .client
+                .hset(SESSION_PRESENCE, (nick.key(), entry))
+                .await
+                .map_err(failed("updating presence"))?;
+            return Ok(());
+        }
         let key = self.presence_key();
         let _: () = self
             .client
@@ -513,14 +592,18 @@ impl Bus for ValkeyBus {
         self.sync_subscriptions().await
     }
 
-    async fn claim_nick(&self, nick: &Nickname, session: SessionId) -> Result<bool, BusError> {
+    async fn claim_nick(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<bool, BusError> {
         let key = nick_key(nick);
-        let claim = serde_json::to_string(&Claim {
-            session,
-            nick: nick.clone(),
-        })
-        .expect("serializable");
-        let ttl = Some(Expiration::EX(self.ttl_secs()));
+        let claim = claim_value(nick, session);
+        let ttl = Some(Expiration::EX(match holder {
+            Holder::Pod => self.ttl_secs(),
+            Holder::Session(idle) => session_claim_secs(idle),
+        }));
         let set: Option<String> = self
             .client
             .set(
@@ -551,11 +634,13 @@ impl Bus for ValkeyBus {
                 .await
                 .map_err(failed("claiming a nickname"))?;
         }
-        self.claimed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
-        self.set_presence(nick, None).await?;
+        if holder == Holder::Pod {
+            self.claimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
+        self.set_presence(nick, None, holder).await?;
         Ok(true)
     }
 
@@ -574,11 +659,13 @@ impl Bus for ValkeyBus {
                 .eval(DELETE_IF_OWNED, vec![key.clone()], vec![current])
                 .await
                 .map_err(failed("releasing a nickname"))?;
-            let _: i64 = self
-                .client
-                .hdel(self.presence_key(), nick.key())
-                .await
-                .map_err(failed("releasing a nickname"))?;
+            for presence in [self.presence_key().as_str(), SESSION_PRESENCE] {
+                let _: i64 = self
+                    .client
+                    .hdel(presence, nick.key())
+                    .await
+                    .map_err(failed("releasing a nickname"))?;
+            }
         }
         self.claimed
             .lock()
@@ -602,12 +689,22 @@ impl Bus for ValkeyBus {
         Ok(self.everyone().await?.into_iter().map(|p| p.nick).collect())
     }
 
-    async fn enter_room(&self, room: &RoomName, nick: &Nickname) -> Result<(), BusError> {
-        self.set_presence(nick, Some(room)).await
+    async fn enter_room(
+        &self,
+        room: &RoomName,
+        nick: &Nickname,
+        holder: Holder,
+    ) -> Result<(), BusError> {
+        self.set_presence(nick, Some(room), holder).await
     }
 
-    async fn exit_room(&self, _room: &RoomName, nick: &Nickname) -> Result<(), BusError> {
-        self.set_presence(nick, None).await
+    async fn exit_room(
+        &self,
+        _room: &RoomName,
+        nick: &Nickname,
+        holder: Holder,
+    ) -> Result<(), BusError> {
+        self.set_presence(nick, None, holder).await
     }
 
     async fn room_members(&self, room: &RoomName) -> Result<Vec<Nickname>, BusError> {
@@ -648,6 +745,18 @@ impl Bus for ValkeyBus {
         let _: () = self
             .client
             .zadd(SESSION_EXPIRY, None, None, false, false, (score, id))
+            .await
+            .map_err(failed("saving a session"))?;
+        // The session's nickname stays claimed as long as the session lives, whichever pod
+        // serves it (unless it was released meanwhile: then this does nothing).
+        let claim_ms = session_claim_secs(ttl) * 1000;
+        let _: i64 = self
+            .client
+            .eval(
+                EXPIRE_IF_OWNED,
+                vec![nick_key(&record.nick)],
+                vec![claim_value(&record.nick, record.id), claim_ms.to_string()],
+            )
             .await
             .map_err(failed("saving a session"))?;
         Ok(())

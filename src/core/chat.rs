@@ -24,7 +24,7 @@ use super::model::{
 use super::names::{Nickname, RoomName, sanitize};
 use super::session::{Session, Transport, User, View};
 use super::stream::{CatchUp, EventStream, Route};
-use crate::bus::Bus;
+use crate::bus::{Bus, Holder};
 use crate::store::Store;
 use crate::telemetry::metric;
 
@@ -126,7 +126,8 @@ impl Chat {
     /// Gives an anonymous live session its first nickname.
     pub async fn login(&self, session: &mut Session, raw_nick: &str) -> Result<(), Error> {
         let nick = Nickname::parse(raw_nick)?;
-        session.user = Some(self.claim_user(session.id, nick).await?);
+        let holder = self.holder(session);
+        session.user = Some(self.claim_user(session.id, nick, holder).await?);
         if let (Some(user), Some(outbox)) = (&session.user, &session.outbox) {
             self.hub.register_user(&user.nick, session.id, outbox);
         }
@@ -137,7 +138,9 @@ impl Chat {
     pub async fn connect(&self, raw_nick: &str) -> Result<SessionRecord, Error> {
         let nick = Nickname::parse(raw_nick)?;
         let id = SessionId::random();
-        let user = self.claim_user(id, nick).await?;
+        let user = self
+            .claim_user(id, nick, Holder::Session(self.limits.session_idle))
+            .await?;
         let record = SessionRecord {
             id,
             user_id: user.id,
@@ -175,8 +178,23 @@ impl Chat {
         Ok(self.bus.touch_session(id, self.limits.session_idle).await?)
     }
 
-    async fn claim_user(&self, session: SessionId, nick: Nickname) -> Result<User, Error> {
-        if !self.bus.claim_nick(&nick, session).await? {
+    /// What keeps the session's nickname and presence alive: its connection on this pod, or for
+    /// an HTTP session, its own activity on any pod.
+    fn holder(&self, session: &Session) -> Holder {
+        if session.outbox.is_some() {
+            Holder::Pod
+        } else {
+            Holder::Session(self.limits.session_idle)
+        }
+    }
+
+    async fn claim_user(
+        &self,
+        session: SessionId,
+        nick: Nickname,
+        holder: Holder,
+    ) -> Result<User, Error> {
+        if !self.bus.claim_nick(&nick, session, holder).await? {
             return Err(Error::NicknameInUse(nick.to_string()));
         }
         match self.store.upsert_user(&nick).await {
@@ -319,10 +337,15 @@ impl Chat {
 
     async fn rename(&self, session: &mut Session, new: Nickname) -> Result<String, Error> {
         let old = session.user.clone().ok_or(Error::UnknownSession)?;
-        if !self.bus.claim_nick(&new, session.id).await? {
+        let holder = self.holder(session);
+        if !self.bus.claim_nick(&new, session.id, holder).await? {
             return Err(Error::NicknameInUse(new.to_string()));
         }
         let id = self.store.upsert_user(&new).await?;
+        if let Some(room) = &session.room {
+            // Before the release: leaving re-records the name as online, releasing then drops it.
+            self.bus.exit_room(&room.name, &old.nick, holder).await?;
+        }
         if old.nick != new {
             self.bus.release_nick(&old.nick, session.id).await?;
         }
@@ -335,8 +358,7 @@ impl Chat {
             nick: new.clone(),
         });
         if let Some(room) = &session.room {
-            self.bus.exit_room(&room.name, &old.nick).await?;
-            self.bus.enter_room(&room.name, &new).await?;
+            self.bus.enter_room(&room.name, &new, holder).await?;
             self.announce(
                 session,
                 &room.name,
@@ -424,7 +446,9 @@ impl Chat {
             }
             session.room = Some(room.clone());
             session.view.move_to(Some(room.name.clone()));
-            self.bus.enter_room(&room.name, &user.nick).await?;
+            self.bus
+                .enter_room(&room.name, &user.nick, self.holder(session))
+                .await?;
             self.store.add_member(room.id, user.id).await?;
             self.announce(
                 session,
@@ -451,7 +475,9 @@ impl Chat {
             self.bus.unwatch_room(&room.name).await?;
         }
         if let Some(nick) = session.nick().cloned() {
-            self.bus.exit_room(&room.name, &nick).await?;
+            self.bus
+                .exit_room(&room.name, &nick, self.holder(session))
+                .await?;
             self.announce(session, &room.name, format!("{nick} left {}", room.name))
                 .await?;
         }

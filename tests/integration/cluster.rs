@@ -127,6 +127,12 @@ async fn list_rooms_dms_and_nicknames_work_across_replicas() {
         .await;
     bob.send("/list").await;
     bob.expect("Users in shared: ann, bob").await;
+    // A rename in a room leaves no trace of the old name anywhere.
+    bob.send("/nick rob").await;
+    bob.expect("You are now known as rob").await;
+    ann.expect("[system] bob is now known as rob").await;
+    cat.send("/list").await;
+    cat.expect("Online users: ann, cat, rob").await;
 
     cat.send("/dm ANN hello from replica 2").await;
     cat.expect("[DM to ann] hello from replica 2").await;
@@ -136,11 +142,11 @@ async fn list_rooms_dms_and_nicknames_work_across_replicas() {
     let mut dup = Client::connect(cluster.tcp(2)).await;
     dup.expect("Welcome to Baby Discord!").await;
     dup.expect_prompt().await;
-    dup.send("Bob").await;
-    dup.expect("Error: Nickname already in use: Bob").await;
+    dup.send("Rob").await;
+    dup.expect("Error: Nickname already in use: Rob").await;
     let (status, _) = cluster
         .http(0)
-        .post("/api/connect", json!({ "nickname": "bob" }))
+        .post("/api/connect", json!({ "nickname": "rob" }))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
@@ -191,6 +197,13 @@ async fn a_killed_replicas_users_vanish_within_presence_ttl_and_nothing_acknowle
         doomed.send(&format!("ack {i}")).await;
         doomed.expect(&format!("[fragile] doomed: ack {i}")).await;
     }
+    for i in 0..20 {
+        ann.expect(&format!("[fragile] doomed: ack {i}")).await;
+    }
+    // An HTTP session made on the replica about to die belongs to no replica: it stays.
+    let web = cluster.http(1).connect("web").await;
+    cluster.http(1).command(&web, "/join fragile").await;
+    ann.expect("[system] web joined fragile").await;
     cluster.replicas[1].process.start_kill().unwrap();
     cluster.replicas[1].process.wait().await.unwrap();
     let killed = Instant::now();
@@ -203,24 +216,34 @@ async fn a_killed_replicas_users_vanish_within_presence_ttl_and_nothing_acknowle
         while line.starts_with("[fragile] doomed") {
             line = ann.line().await;
         }
-        if line == "Users in fragile: ann" {
+        if line == "Users in fragile: ann, web" {
             break;
         }
-        assert_eq!(line, "Users in fragile: ann, doomed");
+        assert_eq!(line, "Users in fragile: ann, doomed, web");
         assert!(
             killed.elapsed() < Duration::from_secs(2 + 3),
             "still present {:?} after the kill",
             killed.elapsed()
         );
     }
-    let history = Client::login(cluster.tcp(0), "later")
-        .await
-        .join("fragile")
-        .await;
+    let mut later = Client::login(cluster.tcp(0), "later").await;
+    let history = later.join("fragile").await;
     let expected: Vec<String> = (10..20)
         .map(|i| format!("[fragile] doomed: ack {i}"))
         .collect();
     assert_eq!(history, expected, "every acknowledged message is there");
+    ann.expect("[system] later joined fragile").await;
+    let (status, _) = cluster
+        .http(0)
+        .post("/api/connect", json!({ "nickname": "WEB" }))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the session still holds its name"
+    );
+    cluster.http(0).message(&web, "still here").await;
+    ann.expect("[fragile] web: still here").await;
 }
 
 #[tokio::test]

@@ -143,6 +143,11 @@ async fn nick_renames_and_tells_the_room() {
     bob.send("/nick robert").await;
     bob.expect("You are now known as robert").await;
     alice.expect("[system] bob is now known as robert").await;
+    bob.send("/leave").await;
+    bob.expect("Left room: r").await;
+    alice.expect("[system] robert left r").await;
+    bob.send("/list").await;
+    bob.expect("Online users: alice, robert").await;
     // The old name is free again, the new one is taken.
     let _new_bob = app.login("bob").await;
     alice.send("/nick ROBERT").await;
