@@ -50,8 +50,13 @@ const BUS_BUFFER: usize = 16_384;
 /// Most messages fetched from the store to fill one gap.
 const REPAIR_LIMIT: usize = 10_000;
 
-/// Sets a key's time to live (ms) only if it still holds the caller's value.
-const EXPIRE_IF_OWNED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Saves a session record (KEYS[1], ARGV[1] for ARGV[2] s), schedules its expiry (KEYS[2]: score
+/// ARGV[3], member ARGV[4]) and renews its nickname claim (KEYS[3], for ARGV[6] ms) if the claim
+/// is still its own (ARGV[5]): one round trip, which runs after every HTTP request.
+const SAVE_SESSION: &str = "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) \
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) \
+    if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('PEXPIRE', KEYS[3], ARGV[6]) end \
+    return 1";
 
 /// Deletes a key only if it still holds the caller's value (a nickname claim, say).
 const DELETE_IF_OWNED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -732,30 +737,26 @@ impl Bus for ValkeyBus {
             expires,
         })
         .expect("serializable");
-        let keep = Some(Expiration::EX(
-            ttl.as_secs() as i64 + SESSION_RECORD_GRACE_SECS,
-        ));
         let id = record.id.to_string();
-        let _: () = self
-            .client
-            .set(format!("session:{id}"), stored, keep, None, false)
-            .await
-            .map_err(failed("saving a session"))?;
-        let score = expires.unix_timestamp() as f64;
-        let _: () = self
-            .client
-            .zadd(SESSION_EXPIRY, None, None, false, false, (score, id))
-            .await
-            .map_err(failed("saving a session"))?;
-        // The session's nickname stays claimed as long as the session lives, whichever pod
-        // serves it (unless it was released meanwhile: then this does nothing).
-        let claim_ms = session_claim_secs(ttl) * 1000;
+        // The nickname stays claimed as long as the session lives, whichever pod serves it
+        // (unless it was released meanwhile: then the claim is left alone).
         let _: i64 = self
             .client
             .eval(
-                EXPIRE_IF_OWNED,
-                vec![nick_key(&record.nick)],
-                vec![claim_value(&record.nick, record.id), claim_ms.to_string()],
+                SAVE_SESSION,
+                vec![
+                    format!("session:{id}"),
+                    SESSION_EXPIRY.to_owned(),
+                    nick_key(&record.nick),
+                ],
+                vec![
+                    stored,
+                    (ttl.as_secs() as i64 + SESSION_RECORD_GRACE_SECS).to_string(),
+                    expires.unix_timestamp().to_string(),
+                    id,
+                    claim_value(&record.nick, record.id),
+                    (session_claim_secs(ttl) * 1000).to_string(),
+                ],
             )
             .await
             .map_err(failed("saving a session"))?;
