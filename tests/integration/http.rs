@@ -544,6 +544,30 @@ async fn streams_and_requests_share_connections_as_http_1_1_allows() {
 }
 
 #[tokio::test]
+async fn a_refused_oversize_body_is_never_read_as_the_next_request() {
+    let app = spawn_app().await;
+    let mut socket = TcpStream::connect(app.http).await.unwrap();
+    let body = format!(r#"{{"content":"{}"}}"#, "x".repeat(200_000));
+    let request = format!(
+        "POST /api/message HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    // Written alongside reading: the server may answer and close before taking it all.
+    let (mut read, mut write) = socket.split();
+    let (_, answer) = tokio::join!(write.write_all(request.as_bytes()), async {
+        let mut answer = Vec::new();
+        tokio::time::timeout(TIMEOUT, read.read_to_end(&mut answer))
+            .await
+            .expect("the connection ends")
+            .ok();
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(!answer.contains("400 Bad Request"), "{answer}");
+}
+
+#[tokio::test]
 async fn graceful_shutdown_ends_open_streams_with_a_notice_within_the_grace_time() {
     let app = spawn_app_with(|c| c.shutdown_grace_secs = 5).await;
     let http = Http::new(app.http);

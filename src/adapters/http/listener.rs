@@ -189,14 +189,16 @@ async fn exchange(
         .serve_connection(io, TowerToHyperService::new(router.clone()))
         .without_shutdown()
         .await;
-    match served {
-        Ok(parts) => {
-            // Bytes hyper read but did not use (none expected): they come first next time.
-            unread.splice(0..0, parts.read_buf);
-            true
-        }
-        Err(_) => false,
-    }
+    let Ok(parts) = served else {
+        return false;
+    };
+    // Bytes hyper read but did not use (none expected): they come first next time.
+    unread.splice(0..0, parts.read_buf);
+    // A body hyper did not read to the end (one refused as too large, say) would be taken for
+    // the next request: close the connection instead.
+    let (input, _) = parts.io.into_inner().into_inner();
+    let (request, body) = input.into_inner();
+    request.position() == request.get_ref().len() as u64 && body.limit() == 0
 }
 
 /// Gives the rest of the connection to hyper (HTTP/1.1 or HTTP/2), bytes already read first.
