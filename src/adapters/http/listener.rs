@@ -96,8 +96,10 @@ async fn connection(mut socket: TcpStream, router: Router, stop: CancellationTok
                     return;
                 }
             }
-            Next::HandOver => return Box::pin(hand_over(socket, unread, router, stop)).await,
-            Next::Incomplete => unreachable!("read on above"),
+            // (Incomplete does not get here: the loop above reads on until it is something.)
+            Next::HandOver | Next::Incomplete => {
+                return Box::pin(hand_over(socket, unread, router, stop)).await;
+            }
         }
         if unread.is_empty() {
             unread = Vec::new();
@@ -128,13 +130,13 @@ fn next_request(bytes: &[u8]) -> Next {
     if parsed.version != Some(1) {
         return Next::HandOver;
     }
-    let mut body = 0;
+    let mut body: Option<usize> = None;
     let mut event_stream = false;
     for h in parsed.headers.iter() {
         let value = String::from_utf8_lossy(h.value);
         match h.name.to_ascii_lowercase().as_str() {
-            "content-length" if body == 0 => match value.trim().parse() {
-                Ok(length) => body = length,
+            "content-length" if body.is_none() => match value.trim().parse() {
+                Ok(length) => body = Some(length),
                 Err(_) => return Next::HandOver,
             },
             // A second Content-Length, a chunked body, a protocol switch, a last request.
@@ -144,7 +146,10 @@ fn next_request(bytes: &[u8]) -> Next {
             _ => {}
         }
     }
-    let length = head + body;
+    let body = body.unwrap_or(0);
+    let Some(length) = head.checked_add(body) else {
+        return Next::HandOver;
+    };
     if event_stream
         && parsed.method == Some("GET")
         && body == 0
@@ -325,6 +330,8 @@ mod tests {
             "GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
             "POST /api/message HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST /api/message HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            "POST /api/message HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 3\r\n\r\n",
+            "POST /api/message HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n",
             "POST /api/message HTTP/1.1\r\nContent-Length: two\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
