@@ -47,6 +47,9 @@ const SESSION_PRESENCE: &str = "presence:sessions";
 const SESSION_RECORD_GRACE_SECS: i64 = 300;
 /// Pub/sub messages buffered between fred's reader and this pod's delivery loop.
 const BUS_BUFFER: usize = 16_384;
+/// A command not answered in this long fails (the caller reports the bus unavailable); Valkey
+/// answers in well under a millisecond when it is up.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most messages fetched from the store to fill one gap.
 const REPAIR_LIMIT: usize = 10_000;
 
@@ -164,7 +167,12 @@ impl ValkeyBus {
         builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(5));
         // Room traffic arrives in bursts; a receiver that lags behind this many messages falls
         // back to reading them from the store (correct, but slow).
-        builder.with_performance_config(|c| c.broadcast_channel_capacity = BUS_BUFFER);
+        builder.with_performance_config(|c| {
+            c.broadcast_channel_capacity = BUS_BUFFER;
+            // Without it a command issued while Valkey is unreachable waits for the reconnect,
+            // however long: a user's /list would hang, and so would a drain.
+            c.default_command_timeout = COMMAND_TIMEOUT;
+        });
         let client = builder
             .build()
             .map_err(failed("building the Valkey client"))?;
@@ -214,6 +222,8 @@ impl ValkeyBus {
         loop {
             let hold_ends = self.order().next_deadline();
             tokio::select! {
+                // Checked first: with Valkey down every other branch can stay busy.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until(hold_ends) => self.fill_expired_gaps().await,
                 message = messages.recv() => match message {
@@ -235,9 +245,12 @@ impl ValkeyBus {
                 }
             }
         }
-        // Leaving cleanly: this pod's users are gone now, not in PRESENCE_TTL.
-        let _: Result<(), _> = self.client.del(self.presence_key()).await;
-        let _: Result<(), _> = self.client.srem(PODS, self.instance.as_str()).await;
+        // Leaving cleanly: this pod's users are gone now, not in PRESENCE_TTL. One round trip;
+        // with Valkey unreachable it fails after COMMAND_TIMEOUT and the entries expire anyway.
+        let pipeline = self.client.pipeline();
+        let _: Result<(), _> = pipeline.del(self.presence_key()).await;
+        let _: Result<(), _> = pipeline.srem(PODS, self.instance.as_str()).await;
+        let _: Result<Vec<Value>, _> = pipeline.all().await;
     }
 
     async fn receive(&self, message: &fred::types::Message) {

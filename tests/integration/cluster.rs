@@ -349,3 +349,24 @@ async fn a_message_committed_but_never_published_reaches_every_replica_from_the_
         client.expect("[gaps] bob: after the gap").await;
     }
 }
+
+#[tokio::test]
+async fn with_valkey_down_commands_fail_fast_and_a_replica_still_drains_in_time() {
+    let mut cluster = cluster(1).await;
+    let mut online = Client::login(cluster.tcp(0), "online").await;
+    cluster.valkey.stop();
+    // Presence lives in Valkey: the command fails with a clear error instead of waiting for it.
+    online.send("/list").await;
+    online
+        .expect("Error: Service temporarily unavailable")
+        .await;
+    let stopping = Instant::now();
+    signal(&cluster.replicas[0].process, "-TERM");
+    assert!(cluster.replicas[0].process.wait().await.unwrap().success());
+    // SHUTDOWN_GRACE_SECS is 5: a drain that waited on the unreachable Valkey would use all of it.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "drained in {:?}",
+        stopping.elapsed()
+    );
+}
