@@ -316,10 +316,7 @@ impl ValkeyBus {
         let gaps = self.order().expired(Instant::now());
         for gap in gaps {
             let missing = (gap.before - gap.after - 1) as usize;
-            let fetched = self.fetch_after(&gap.room, gap.after, missing).await;
-            let mut order = self.order();
-            let ready = order.fill(&gap.room, fetched);
-            self.deliver_all(&order, ready);
+            self.fill_from_store(&gap.room, gap.after, missing).await;
         }
     }
 
@@ -336,6 +333,16 @@ impl ValkeyBus {
             .ok()
             .and_then(|m| m.last().map(|m| m.seq))
             .unwrap_or(0)
+    }
+
+    /// Reads up to `limit` messages of `room` after `after` from the store and delivers them, with
+    /// whatever was held behind them, in order. Pub/sub may have delivered some meanwhile: `fill`
+    /// skips those.
+    async fn fill_from_store(&self, room: &RoomName, after: i64, limit: usize) {
+        let fetched = self.fetch_after(room, after, limit).await;
+        let mut order = self.order();
+        let ready = order.fill(room, fetched);
+        self.deliver_all(&order, ready);
     }
 
     async fn fetch_after(&self, room: &RoomName, after: i64, limit: usize) -> Vec<ChatMessage> {
@@ -376,11 +383,7 @@ impl ValkeyBus {
         let Some(last) = self.order().position(room) else {
             return;
         };
-        let missed = self.fetch_after(room, last, REPAIR_LIMIT).await;
-        // Pub/sub may have delivered some of them meanwhile: `fill` skips those.
-        let mut order = self.order();
-        let ready = order.fill(room, missed);
-        self.deliver_all(&order, ready);
+        self.fill_from_store(room, last, REPAIR_LIMIT).await;
     }
 
     async fn heartbeat(&self) -> Result<(), BusError> {
