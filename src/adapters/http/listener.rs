@@ -15,7 +15,6 @@
 //! exchange, and a stream needs neither once its head is written.
 
 use std::io;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -50,11 +49,7 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken) {
                 let _ = socket.set_nodelay(true);
                 connections.spawn(connection(socket, router.clone(), stop.clone()));
             }
-            Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning on it.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => crate::adapters::accept_failed(e).await,
         }
     }
     drop(tcp);

@@ -61,9 +61,7 @@ impl TcpServer {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Typically out of file descriptors: back off instead of spinning on it.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    super::accept_failed(e).await;
                     continue;
                 }
             };
