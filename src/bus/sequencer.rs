@@ -184,15 +184,20 @@ mod tests {
         }
     }
 
+    /// A sequencer that has delivered `general` up to seq 4.
+    fn at_four() -> (Sequencer, Instant) {
+        let mut order = Sequencer::default();
+        order.start(&room(), 4);
+        (order, Instant::now())
+    }
+
     fn seqs(messages: &[ChatMessage]) -> Vec<i64> {
         messages.iter().map(|m| m.seq).collect()
     }
 
     #[test]
     fn in_order_messages_pass_straight_through_and_repeats_are_dropped() {
-        let mut order = Sequencer::default();
-        let now = Instant::now();
-        order.start(&room(), 4);
+        let (mut order, now) = at_four();
         assert_eq!(seqs(&order.admit(message(5), now)), [5]);
         assert_eq!(seqs(&order.admit(message(6), now)), [6]);
         assert!(order.admit(message(6), now).is_empty());
@@ -202,9 +207,7 @@ mod tests {
 
     #[test]
     fn a_message_after_a_gap_waits_for_the_missing_one() {
-        let mut order = Sequencer::default();
-        let now = Instant::now();
-        order.start(&room(), 4);
+        let (mut order, now) = at_four();
         assert!(order.admit(message(7), now).is_empty());
         assert!(order.admit(message(6), now).is_empty());
         assert_eq!(order.next_deadline(), Some(now + HOLD));
@@ -216,9 +219,7 @@ mod tests {
 
     #[test]
     fn a_gap_that_outlives_the_hold_is_filled_from_the_store_then_the_held_follow() {
-        let mut order = Sequencer::default();
-        let now = Instant::now();
-        order.start(&room(), 4);
+        let (mut order, now) = at_four();
         order.admit(message(8), now);
         assert_eq!(
             order.expired(now + HOLD),
@@ -237,9 +238,7 @@ mod tests {
 
     #[test]
     fn a_gap_the_store_cannot_fill_is_skipped_rather_than_stalling_the_room() {
-        let mut order = Sequencer::default();
-        let now = Instant::now();
-        order.start(&room(), 4);
+        let (mut order, now) = at_four();
         order.admit(message(7), now);
         assert_eq!(seqs(&order.fill(&room(), Vec::new())), [7]);
         assert_eq!(seqs(&order.admit(message(8), now)), [8]);
@@ -247,9 +246,7 @@ mod tests {
 
     #[test]
     fn a_catch_up_delivers_only_what_was_not_delivered() {
-        let mut order = Sequencer::default();
-        let now = Instant::now();
-        order.start(&room(), 4);
+        let (mut order, now) = at_four();
         order.admit(message(5), now);
         let caught_up = order.fill(&room(), vec![message(4), message(5), message(6)]);
         assert_eq!(seqs(&caught_up), [6]);

@@ -62,6 +62,24 @@ impl Cluster {
     fn http(&self, i: usize) -> Http {
         Http::new(self.replicas[i].http)
     }
+
+    /// `creator` on replica 0 makes `room`, `joiner` on replica 1 joins it; both are logged in
+    /// and the creator has seen the join.
+    async fn one_on_each_replica(
+        &self,
+        room: &str,
+        creator: &str,
+        joiner: &str,
+    ) -> (Client, Client) {
+        let mut first = Client::login(self.tcp(0), creator).await;
+        first.create(room).await;
+        let mut second = Client::login(self.tcp(1), joiner).await;
+        second.join(room).await;
+        first
+            .expect(&format!("[system] {joiner} joined {room}"))
+            .await;
+        (first, second)
+    }
 }
 
 #[tokio::test]
@@ -114,11 +132,7 @@ async fn clients_on_three_replicas_receive_every_message_in_one_order() {
 #[tokio::test]
 async fn list_rooms_dms_and_nicknames_work_across_replicas() {
     let cluster = cluster(3).await;
-    let mut ann = Client::login(cluster.tcp(0), "ann").await;
-    let mut bob = Client::login(cluster.tcp(1), "bob").await;
-    ann.create("shared").await;
-    bob.join("shared").await;
-    ann.expect("[system] bob joined shared").await;
+    let (mut ann, mut bob) = cluster.one_on_each_replica("shared", "ann", "bob").await;
     let mut cat = Client::login(cluster.tcp(2), "cat").await;
     cat.send("/list").await;
     cat.expect("Online users: ann, bob, cat").await;
@@ -188,11 +202,9 @@ async fn an_http_session_made_on_one_replica_posts_on_another_and_streams_on_a_t
 #[tokio::test]
 async fn a_killed_replicas_users_vanish_within_presence_ttl_and_nothing_acknowledged_is_lost() {
     let mut cluster = cluster(2).await;
-    let mut ann = Client::login(cluster.tcp(0), "ann").await;
-    ann.create("fragile").await;
-    let mut doomed = Client::login(cluster.tcp(1), "doomed").await;
-    doomed.join("fragile").await;
-    ann.expect("[system] doomed joined fragile").await;
+    let (mut ann, mut doomed) = cluster
+        .one_on_each_replica("fragile", "ann", "doomed")
+        .await;
     for i in 0..20 {
         doomed.send(&format!("ack {i}")).await;
         doomed.expect(&format!("[fragile] doomed: ack {i}")).await;
@@ -249,11 +261,7 @@ async fn a_killed_replicas_users_vanish_within_presence_ttl_and_nothing_acknowle
 #[tokio::test]
 async fn a_drained_replicas_clients_reconnect_elsewhere_and_resume() {
     let mut cluster = cluster(2).await;
-    let mut stay = Client::login(cluster.tcp(0), "stay").await;
-    stay.create("moving").await;
-    let mut mover = Client::login(cluster.tcp(1), "mover").await;
-    mover.join("moving").await;
-    stay.expect("[system] mover joined moving").await;
+    let (mut stay, mut mover) = cluster.one_on_each_replica("moving", "stay", "mover").await;
     mover.send("before").await;
     mover.expect("[moving] mover: before").await;
     stay.expect("[moving] mover: before").await;
@@ -279,11 +287,7 @@ async fn a_drained_replicas_clients_reconnect_elsewhere_and_resume() {
 #[tokio::test]
 async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arrives_in_order() {
     let mut cluster = cluster(2).await;
-    let mut ann = Client::login(cluster.tcp(0), "ann").await;
-    ann.create("resilient").await;
-    let mut bob = Client::login(cluster.tcp(1), "bob").await;
-    bob.join("resilient").await;
-    ann.expect("[system] bob joined resilient").await;
+    let (mut ann, mut bob) = cluster.one_on_each_replica("resilient", "ann", "bob").await;
     ann.send("m1").await;
     ann.expect("[resilient] ann: m1").await;
     bob.expect("[resilient] ann: m1").await;
@@ -322,11 +326,7 @@ async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arr
 #[tokio::test]
 async fn a_message_committed_but_never_published_reaches_every_replica_from_the_store_in_order() {
     let cluster = cluster(2).await;
-    let mut ann = Client::login(cluster.tcp(0), "ann").await;
-    ann.create("gaps").await;
-    let mut bob = Client::login(cluster.tcp(1), "bob").await;
-    bob.join("gaps").await;
-    ann.expect("[system] bob joined gaps").await;
+    let (mut ann, mut bob) = cluster.one_on_each_replica("gaps", "ann", "bob").await;
 
     // What a replica that died between its commit and its publish leaves behind: the next seq is
     // taken in the store, and no replica heard of it.
