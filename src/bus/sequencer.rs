@@ -87,10 +87,19 @@ impl Sequencer {
             order.deadline.get_or_insert(now + HOLD);
             return Vec::new();
         }
-        order.delivered = m.seq;
-        let mut ready = vec![m];
-        order.release_contiguous(&mut ready);
-        ready
+        order.deliver(m)
+    }
+
+    /// `m` was committed by this pod: what can be delivered now, without waiting for it to come
+    /// back from the bus. Only the message that directly follows what a room being ordered has
+    /// delivered goes this way. Anything else (a gap, a room this pod does not carry) is left to
+    /// the copy on the bus, where gaps are held and filled as usual; the copy of a message
+    /// delivered here is dropped as already delivered.
+    pub fn admit_own(&mut self, m: ChatMessage) -> Vec<ChatMessage> {
+        match self.rooms.get_mut(&m.room) {
+            Some(order) if m.seq == order.delivered + 1 => order.deliver(m),
+            _ => Vec::new(),
+        }
     }
 
     /// When the earliest hold ends, if anything is held.
@@ -143,6 +152,14 @@ impl RoomOrder {
             held: BTreeMap::new(),
             deadline: None,
         }
+    }
+
+    /// Delivers `m`, the seq after `delivered`, and whatever held messages follow it.
+    fn deliver(&mut self, m: ChatMessage) -> Vec<ChatMessage> {
+        self.delivered = m.seq;
+        let mut ready = vec![m];
+        self.release_contiguous(&mut ready);
+        ready
     }
 
     /// Moves the held messages that now follow `delivered` without a gap into `ready`.
@@ -203,6 +220,33 @@ mod tests {
         assert!(order.admit(message(6), now).is_empty());
         assert!(order.admit(message(3), now).is_empty());
         assert_eq!(order.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_own_message_that_follows_is_delivered_at_once_and_its_bus_copy_dropped() {
+        let (mut order, now) = at_four();
+        assert_eq!(seqs(&order.admit_own(message(5))), [5]);
+        assert!(order.admit(message(5), now).is_empty());
+        // It also releases what was held behind it.
+        order.admit(message(7), now);
+        assert_eq!(seqs(&order.admit_own(message(6))), [6, 7]);
+        assert_eq!(order.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_own_message_after_a_gap_or_in_an_unordered_room_is_left_to_the_bus() {
+        let (mut order, now) = at_four();
+        assert!(order.admit_own(message(6)).is_empty());
+        assert_eq!(
+            order.next_deadline(),
+            None,
+            "nothing held: the bus copy will be"
+        );
+        assert_eq!(seqs(&order.admit(message(5), now)), [5]);
+        assert_eq!(seqs(&order.admit(message(6), now)), [6]);
+        let mut elsewhere = Sequencer::default();
+        assert!(elsewhere.admit_own(message(1)).is_empty());
+        assert_eq!(elsewhere.position(&room()), None);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   waits briefly for the missing seqs (replicas publish concurrently, so they are usually just
 //!   behind), then the gap is filled from the store (a lost publish, a Valkey restart, a lagging
 //!   receiver); after a reconnect every watched room is caught up. No silent loss, no reordering.
+//!   A message this pod committed reaches its own members at once when it is next in order,
+//!   without the round trip through Valkey.
 //! - Presence: one hash per pod (`presence:<instance>`: nick -> room) and nickname claims
 //!   (`nick:<name>`, SET NX), all with PRESENCE_TTL refreshed by a heartbeat, so a pod that dies
 //!   takes its connections' users with it within PRESENCE_TTL. HTTP sessions belong to no pod:
@@ -574,7 +576,15 @@ impl Bus for ValkeyBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let (channel, wire) = match envelope {
             Envelope::Event(broadcast) => match &broadcast.event {
-                Event::Message(m) => (room_channel(&m.room), Wire::Event(broadcast.event.clone())),
+                Event::Message(m) => {
+                    // This pod's own members get it now instead of after a round trip through
+                    // Valkey; the copy that comes back on the subscription is then a repeat.
+                    let mut order = self.order();
+                    let ready = order.admit_own(m.clone());
+                    self.deliver_all(&order, ready);
+                    drop(order);
+                    (room_channel(&m.room), Wire::Event(broadcast.event.clone()))
+                }
                 Event::Room { room, .. } => {
                     (room_channel(room), Wire::Event(broadcast.event.clone()))
                 }

@@ -351,6 +351,22 @@ async fn a_message_committed_but_never_published_reaches_every_replica_from_the_
 }
 
 #[tokio::test]
+async fn with_valkey_down_members_on_one_replica_still_hear_each_other() {
+    let mut cluster = cluster(1).await;
+    let mut alice = Client::login(cluster.tcp(0), "alice").await;
+    alice.create("local").await;
+    let mut bob = Client::login(cluster.tcp(0), "bob").await;
+    bob.join("local").await;
+    alice.expect("[system] bob joined local").await;
+    cluster.valkey.stop();
+    // Committed, then delivered to this replica's members without the round trip through Valkey
+    // (the publish itself fails and other replicas catch up from the store later).
+    alice.send("still here").await;
+    bob.expect("[local] alice: still here").await;
+    alice.expect("[local] alice: still here").await;
+}
+
+#[tokio::test]
 async fn with_valkey_down_commands_fail_fast_and_a_replica_still_drains_in_time() {
     let mut cluster = cluster(1).await;
     let mut online = Client::login(cluster.tcp(0), "online").await;
