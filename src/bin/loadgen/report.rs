@@ -12,6 +12,12 @@ use tokio_util::sync::CancellationToken;
 use crate::ChatArgs;
 use crate::chat::unix_nanos;
 
+/// Microseconds, 1 µs to 10 min, to 2 significant digits (1 %). Every receiver keeps one, so it is
+/// kept small: at 3 digits each took about 170 KB (170 MB for 1,000 members), at 2 about 25 KB.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds")
+}
+
 /// One member's view: which messages of which sender arrived, how late, in what order.
 pub struct Receiver {
     run_tag: String,
@@ -32,7 +38,7 @@ impl Receiver {
     pub fn new(senders: usize, run_id: u32) -> Self {
         Receiver {
             run_tag: format!("lg{run_id:08x}_"),
-            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            latency_us: latency_histogram(),
             seen: vec![Vec::new(); senders],
             highest: vec![None; senders],
             unique: 0,
@@ -56,6 +62,9 @@ impl Receiver {
                 return self;
             }
             tokio::select! {
+                // Lines first: the other two are polled only when no line is waiting, instead of
+                // registering (and dropping) two wakers for most lines.
+                biased;
                 line = lines.next() => match line {
                     None => {
                         self.cut_off = true;
@@ -151,8 +160,7 @@ impl Report {
         receivers: Vec<Receiver>,
     ) -> Report {
         let sent: u64 = sent.iter().sum();
-        let mut latency =
-            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let mut latency = latency_histogram();
         let (mut deliveries, mut duplicates, mut out_of_order, mut errors, mut cut_off) =
             (0, 0, 0, 0, 0);
         for r in &receivers {
