@@ -32,6 +32,16 @@ pub struct PgStore {
     /// processes taking turns, each woken with cold caches. One warm backend per pod does the
     /// same commits for less than half the CPU (docs/BENCHMARKS.md §6). Commits come from one
     /// task at a time, so the lock is not contended.
+    ///
+    /// The connection commits without waiting for the disk (`synchronous_commit = off`) and then
+    /// waits for it in a second, empty transaction ([`FLUSH`]). Numbering a room's messages locks
+    /// its row until commit; with a synchronous commit every pod writing to a room would wait for
+    /// the others' disk flushes one after another. This way the lock is held for microseconds and
+    /// the pods' flushes overlap, one fsync covering several of them. Nothing is acknowledged or
+    /// published before its flush. What the split allows is a reader (a gap fill, a history read)
+    /// seeing a message a fraction of a millisecond before it is on disk: a PostgreSQL crash in
+    /// that window could take back a message someone read, never one that was acknowledged.
+    /// Because of the setting the connection never goes back to the pool.
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
 }
 
@@ -96,6 +106,38 @@ fn rows<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, St
 /// A pooled connection idle for longer than this is pinged before use.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
+/// Waits until everything this connection committed is on disk: committing a transaction that
+/// holds a transaction id writes a commit record and, with `synchronous_commit = on`, flushes the
+/// WAL up to it, and so past every earlier commit. Simple-query protocol: one round trip.
+const FLUSH: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT";
+
+/// Numbers and inserts a batch in one statement: locks the batch's rooms in id order (two
+/// writers never wait on each other in a cycle), bumps each room's counter by its message count,
+/// numbers the messages of each room in batch order from the old counter, inserts them.
+const APPEND: &str = "WITH input AS (
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
+                  WITH ORDINALITY AS t (room_id, user_id, nickname, content, created_at, ord)
+     ),
+     locked AS (
+         SELECT id FROM rooms WHERE id IN (SELECT room_id FROM input) ORDER BY id FOR UPDATE
+     ),
+     counts AS (
+         SELECT room_id, count(*) AS n FROM input GROUP BY room_id
+     ),
+     bumped AS (
+         UPDATE rooms r SET last_seq = r.last_seq + c.n
+         FROM counts c, locked l
+         WHERE r.id = c.room_id AND l.id = c.room_id
+         RETURNING r.id, r.last_seq - c.n AS base
+     )
+     INSERT INTO messages (room_id, seq, user_id, nickname, content, created_at)
+     SELECT i.room_id,
+            b.base + row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord),
+            i.user_id, i.nickname, i.content, i.created_at
+     FROM input i JOIN bumped b ON b.id = i.room_id
+     ORDER BY i.ord
+     RETURNING id, room_id, seq";
+
 impl PgStore {
     /// Connects a pool of `size` connections; a caller waits at most `acquire_timeout` for one.
     pub async fn connect(
@@ -140,14 +182,22 @@ impl PgStore {
         }
         let writer = match held {
             Some(writer) => writer,
-            None => held.insert(Writer {
-                conn: self
+            None => {
+                let mut conn = self
                     .pool
                     .acquire()
                     .await
-                    .map_err(failed("storing messages"))?,
-                last_used: Instant::now(),
-            }),
+                    .map_err(failed("storing messages"))?;
+                conn.close_on_drop();
+                sqlx::raw_sql("SET synchronous_commit = off")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(failed("storing messages"))?;
+                held.insert(Writer {
+                    conn,
+                    last_used: Instant::now(),
+                })
+            }
         };
         Ok(&mut writer.conn)
     }
@@ -270,40 +320,18 @@ impl Store for PgStore {
         let times: Vec<OffsetDateTime> = batch.iter().map(|m| m.created_at).collect();
         let mut held = self.writer.lock().await;
         let conn = self.writer(&mut held).await?;
-        // One round trip: lock the batch's rooms in id order (two writers never wait on each
-        // other in a cycle), bump each room's counter by its message count, number the messages
-        // of each room in batch order from the old counter, insert them.
-        let inserted: Result<Vec<(i64, i64, i64)>, _> = sqlx::query_as(
-            "WITH input AS (
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
-                          WITH ORDINALITY AS t (room_id, user_id, nickname, content, created_at, ord)
-             ),
-             locked AS (
-                 SELECT id FROM rooms WHERE id IN (SELECT room_id FROM input) ORDER BY id FOR UPDATE
-             ),
-             counts AS (
-                 SELECT room_id, count(*) AS n FROM input GROUP BY room_id
-             ),
-             bumped AS (
-                 UPDATE rooms r SET last_seq = r.last_seq + c.n
-                 FROM counts c, locked l
-                 WHERE r.id = c.room_id AND l.id = c.room_id
-                 RETURNING r.id, r.last_seq - c.n AS base
-             )
-             INSERT INTO messages (room_id, seq, user_id, nickname, content, created_at)
-             SELECT i.room_id,
-                    b.base + row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord),
-                    i.user_id, i.nickname, i.content, i.created_at
-             FROM input i JOIN bumped b ON b.id = i.room_id
-             ORDER BY i.ord
-             RETURNING id, room_id, seq",
-        )
-        .bind(&room_ids)
-        .bind(&user_ids)
-        .bind(&nicks)
-        .bind(&contents)
-        .bind(&times)
-        .fetch_all(&mut **conn)
+        let inserted = async {
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(APPEND)
+                .bind(&room_ids)
+                .bind(&user_ids)
+                .bind(&nicks)
+                .bind(&contents)
+                .bind(&times)
+                .fetch_all(&mut **conn)
+                .await?;
+            sqlx::raw_sql(FLUSH).execute(&mut **conn).await?;
+            Ok::<_, sqlx::Error>(rows)
+        }
         .await;
         match inserted {
             Ok(inserted) => {
