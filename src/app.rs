@@ -54,6 +54,7 @@ impl App {
             Some(url) => {
                 let pg = connect_postgres(url, &config).await?;
                 pg.migrate().await?;
+                pg.open_writer().await?;
                 tracing::info!("DATABASE_URL set: storing in PostgreSQL");
                 (
                     Arc::new(BreakerStore::new(Arc::new(pg.clone()), &config.breaker())),

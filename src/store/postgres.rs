@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres};
+use sqlx::{Connection, Executor, Postgres, SqlSafeStr};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
@@ -193,6 +193,10 @@ impl PgStore {
                     .execute(&mut *conn)
                     .await
                     .map_err(failed("storing messages"))?;
+                (&mut *conn)
+                    .prepare(APPEND.into_sql_str())
+                    .await
+                    .map_err(failed("storing messages"))?;
                 held.insert(Writer {
                     conn,
                     last_used: Instant::now(),
@@ -209,6 +213,13 @@ impl PgStore {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migrating: {e}")))
+    }
+
+    /// Opens the appending connection and prepares its statement, so that the first messages
+    /// after start-up do not queue behind a connection set-up and a statement parse.
+    pub async fn open_writer(&self) -> Result<(), StoreError> {
+        let mut held = self.writer.lock().await;
+        self.writer(&mut held).await.map(drop)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -341,10 +352,9 @@ impl Store for PgStore {
                 number_batch(batch, inserted)
             }
             Err(e) => {
-                // The connection may be what failed; the next batch starts on a fresh one.
-                if let Some(mut writer) = held.take() {
-                    writer.conn.close_on_drop();
-                }
+                // The connection may be what failed; it is closed, the next batch starts on a
+                // fresh one.
+                *held = None;
                 Err(failed("storing messages")(e))
             }
         }
