@@ -141,11 +141,17 @@ fn describe() {
     );
 }
 
-/// Folds recorded histogram samples into their buckets every few seconds, so memory stays bounded
+/// Folds recorded histogram samples into their buckets every second, so memory stays bounded
 /// however long it is between scrapes.
+///
+/// Every delivery is a sample, and folding costs ~40 ns each: at 33,000 deliveries a second a
+/// pod folding every 5 s spent 5–11 ms at a time on an async worker, and every task queued
+/// behind it (deliveries, commits) waited that long. Folding each second, on a blocking thread,
+/// leaves the workers free and keeps a scrape's own fold small too.
 pub async fn run_metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(5));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
     while shutdown.run_until_cancelled(every.tick()).await.is_some() {
-        handle.run_upkeep();
+        let handle = handle.clone();
+        let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
     }
 }
