@@ -13,8 +13,12 @@
 //! Why: hyper keeps two fixed 8 KiB buffers (read, response head) per HTTP/1.1 connection for the
 //! connection's whole life — most of what an idle stream cost. Here they exist only during an
 //! exchange, and a stream needs neither once its head is written.
+//!
+//! A connection waiting for a request is closed after [`Timeouts`]: one that never sends one
+//! would otherwise hold its socket and task for ever.
 
 use std::io;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -24,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -35,9 +40,29 @@ const HEAD_INITIAL: usize = 1024;
 /// Most headers a request read here may carry.
 const MAX_HEADERS: usize = 64;
 
+/// How long a connection may wait for its next request.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// With no request begun. Longer than the keep-alive of the proxies in front (ingress-nginx
+    /// keeps idle upstream connections for 60 s), so that they close first: a request a proxy
+    /// sends just as this side closes would fail.
+    pub idle: Duration,
+    /// From a request head's first byte to its last: a client trickling one in stops here.
+    pub head: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: Duration::from_secs(75),
+            head: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Accepts until `stop`, then waits for the connections: idle ones close at once, requests in
 /// flight finish, streams end on their own drain token.
-pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken) {
+pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, timeouts: Timeouts) {
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -47,7 +72,7 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken) {
         match accepted {
             Ok((socket, _)) => {
                 let _ = socket.set_nodelay(true);
-                connections.spawn(connection(socket, router.clone(), stop.clone()));
+                connections.spawn(connection(socket, router.clone(), stop.clone(), timeouts));
             }
             Err(e) => crate::adapters::accept_failed(e).await,
         }
@@ -57,17 +82,30 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken) {
     connections.wait().await;
 }
 
-async fn connection(mut socket: TcpStream, router: Router, stop: CancellationToken) {
+async fn connection(
+    mut socket: TcpStream,
+    router: Router,
+    stop: CancellationToken,
+    timeouts: Timeouts,
+) {
     // Bytes read and not yet served; empty (no allocation) while the connection is idle.
     let mut unread = Vec::new();
     loop {
+        // Boxed, and gone before a stream starts: a stream's task should not carry a timer.
+        let mut give_up = Box::pin(tokio::time::sleep(timeouts.idle));
+        let mut head_begun = false;
         let next = loop {
             match next_request(&unread) {
                 Next::Incomplete => {}
                 next => break next,
             }
+            if !head_begun && !unread.is_empty() {
+                head_begun = true;
+                give_up.as_mut().reset(Instant::now() + timeouts.head);
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
+                () = give_up.as_mut() => return,
                 ready = socket.readable() => if ready.is_err() { return },
             }
             unread.reserve(HEAD_INITIAL);
@@ -78,6 +116,7 @@ async fn connection(mut socket: TcpStream, router: Router, stop: CancellationTok
                 Err(_) => return,
             }
         };
+        drop(give_up);
         // The hyper futures are boxed: they are large and short-lived, and an idle stream's
         // task should not carry room for them.
         match next {
@@ -283,6 +322,104 @@ async fn closed_by_peer(socket: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves a one-route router on a free loopback port.
+    async fn listening(timeouts: Timeouts) -> (std::net::SocketAddr, CancellationToken) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        tokio::spawn(serve(tcp, router, stop.clone(), timeouts));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection, and returns what came meanwhile.
+    async fn until_closed(socket: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection");
+        // A reset is a close too: bytes the client sent after the server closed earn one.
+        if let Err(e) = read {
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        }
+        got
+    }
+
+    async fn get(socket: &mut TcpStream) {
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\nhi") {
+            assert_ne!(socket.read_buf(&mut got).await.unwrap(), 0, "closed early");
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
+        let idle = Duration::from_millis(300);
+        let (addr, _stop) = listening(Timeouts {
+            idle,
+            head: Duration::from_secs(60),
+        })
+        .await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let opened = Instant::now();
+        assert!(until_closed(&mut socket).await.is_empty());
+        assert!(opened.elapsed() >= idle);
+    }
+
+    #[tokio::test]
+    async fn the_idle_timeout_starts_again_after_each_request() {
+        let idle = Duration::from_secs(1);
+        let (addr, _stop) = listening(Timeouts {
+            idle,
+            head: Duration::from_secs(60),
+        })
+        .await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        // Five requests 300 ms apart: 1.2 s in all, each wait well inside the timeout.
+        get(&mut socket).await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            get(&mut socket).await;
+        }
+        let idle_from = Instant::now();
+        assert!(until_closed(&mut socket).await.is_empty());
+        assert!(idle_from.elapsed() >= idle);
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_in_is_cut_off_after_the_head_timeout() {
+        let head = Duration::from_millis(200);
+        let (addr, _stop) = listening(Timeouts {
+            idle: Duration::from_secs(60),
+            head,
+        })
+        .await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let (mut read, mut write) = socket.split();
+        let begun = Instant::now();
+        // A byte every 20 ms: the connection is never idle and the head never ends.
+        let trickle = async {
+            let bytes = b"GET / HTTP/1.1\r\nX: ".iter().chain([b'a'; 2000].iter());
+            for byte in bytes {
+                if write.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = trickle => unreachable!(),
+            got = until_closed(&mut read) => assert!(got.is_empty()),
+        }
+        assert!(begun.elapsed() >= head);
+    }
 
     fn next(head: &str) -> Next {
         next_request(head.as_bytes())

@@ -91,5 +91,5 @@ async fn record_duration(request: Request, next: Next) -> Response {
 /// Serves until `stop`, then finishes the requests in flight. Streams end earlier, on the drain
 /// token in `state`, which also turns readiness to 503.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    listener::serve(listener, router(state), stop).await;
+    listener::serve(listener, router(state), stop, listener::Timeouts::default()).await;
 }
