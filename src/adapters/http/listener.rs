@@ -15,7 +15,8 @@
 //! exchange, and a stream needs neither once its head is written.
 //!
 //! A connection waiting for a request is closed after [`Timeouts`]: one that never sends one
-//! would otherwise hold its socket and task for ever.
+//! would otherwise hold its socket and task for ever. (HTTP/2 connections, which only hyper
+//! serves, have no idle limit.)
 
 use std::io;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header, response};
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -132,7 +133,7 @@ async fn connection(
             }
             // (Incomplete does not get here: the loop above reads on until it is something.)
             Next::HandOver | Next::Incomplete => {
-                return Box::pin(hand_over(socket, unread, router, stop)).await;
+                return Box::pin(hand_over(socket, unread, router, stop, timeouts)).await;
             }
         }
         if unread.is_empty() {
@@ -241,10 +242,22 @@ async fn exchange(
 }
 
 /// Gives the rest of the connection to hyper (HTTP/1.1 or HTTP/2), bytes already read first.
-async fn hand_over(socket: TcpStream, unread: Vec<u8>, router: Router, stop: CancellationToken) {
+async fn hand_over(
+    socket: TcpStream,
+    unread: Vec<u8>,
+    router: Router,
+    stop: CancellationToken,
+    timeouts: Timeouts,
+) {
     let (read, write) = socket.into_split();
     let io = TokioIo::new(tokio::io::join(io::Cursor::new(unread).chain(read), write));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's one timer runs from when it starts waiting for a request until its head is in, so
+    // it stands for both of ours; the idle timeout bounds the two together.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.idle);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
     tokio::select! {
@@ -346,11 +359,9 @@ mod tests {
         got
     }
 
-    async fn get(socket: &mut TcpStream) {
-        socket
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+    /// Sends `request` for "/" and reads the whole answer.
+    async fn ask(socket: &mut TcpStream, request: &[u8]) {
+        socket.write_all(request).await.unwrap();
         let mut got = Vec::new();
         while !got.ends_with(b"\r\n\r\nhi") {
             assert_ne!(socket.read_buf(&mut got).await.unwrap(), 0, "closed early");
@@ -358,38 +369,50 @@ mod tests {
         assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     }
 
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// A connection to a listener that closes connections idle for `idle`.
+    async fn connect_with_idle_timeout(idle: Duration) -> TcpStream {
+        let head = Duration::from_secs(60);
+        let (addr, _stop) = listening(Timeouts { idle, head }).await;
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    /// Asserts that the server closes `socket` with nothing more said, `idle` from now or later.
+    async fn closed_after(socket: &mut TcpStream, idle: Duration) {
+        let from = Instant::now();
+        assert!(until_closed(socket).await.is_empty());
+        assert!(from.elapsed() >= idle);
+    }
+
     #[tokio::test]
     async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
         let idle = Duration::from_millis(300);
-        let (addr, _stop) = listening(Timeouts {
-            idle,
-            head: Duration::from_secs(60),
-        })
-        .await;
-        let mut socket = TcpStream::connect(addr).await.unwrap();
-        let opened = Instant::now();
-        assert!(until_closed(&mut socket).await.is_empty());
-        assert!(opened.elapsed() >= idle);
+        let mut socket = connect_with_idle_timeout(idle).await;
+        closed_after(&mut socket, idle).await;
     }
 
     #[tokio::test]
     async fn the_idle_timeout_starts_again_after_each_request() {
         let idle = Duration::from_secs(1);
-        let (addr, _stop) = listening(Timeouts {
-            idle,
-            head: Duration::from_secs(60),
-        })
-        .await;
-        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let mut socket = connect_with_idle_timeout(idle).await;
         // Five requests 300 ms apart: 1.2 s in all, each wait well inside the timeout.
-        get(&mut socket).await;
+        ask(&mut socket, GET).await;
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            get(&mut socket).await;
+            ask(&mut socket, GET).await;
         }
-        let idle_from = Instant::now();
-        assert!(until_closed(&mut socket).await.is_empty());
-        assert!(idle_from.elapsed() >= idle);
+        closed_after(&mut socket, idle).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_handed_to_hyper_is_closed_after_the_idle_timeout_too() {
+        let idle = Duration::from_millis(300);
+        let mut socket = connect_with_idle_timeout(idle).await;
+        // A chunked body: only hyper reads those, so the rest of the connection is its.
+        let chunked = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        ask(&mut socket, chunked).await;
+        closed_after(&mut socket, idle).await;
     }
 
     #[tokio::test]
