@@ -182,28 +182,27 @@ impl PgStore {
         }
         let writer = match held {
             Some(writer) => writer,
-            None => {
-                let mut conn = self
-                    .pool
-                    .acquire()
+            None => held.insert(Writer {
+                conn: self
+                    .appending_connection()
                     .await
-                    .map_err(failed("storing messages"))?;
-                conn.close_on_drop();
-                sqlx::raw_sql("SET synchronous_commit = off")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(failed("storing messages"))?;
-                (&mut *conn)
-                    .prepare(APPEND.into_sql_str())
-                    .await
-                    .map_err(failed("storing messages"))?;
-                held.insert(Writer {
-                    conn,
-                    last_used: Instant::now(),
-                })
-            }
+                    .map_err(failed("storing messages"))?,
+                last_used: Instant::now(),
+            }),
         };
         Ok(&mut writer.conn)
+    }
+
+    /// A connection from the pool set up for appending: asynchronous commits, [`APPEND`]
+    /// prepared. Closed when dropped, so the setting never reaches another user of the pool.
+    async fn appending_connection(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        sqlx::raw_sql("SET synchronous_commit = off")
+            .execute(&mut *conn)
+            .await?;
+        (&mut *conn).prepare(APPEND.into_sql_str()).await?;
+        Ok(conn)
     }
 
     /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so replicas
