@@ -170,10 +170,7 @@ impl PgStore {
     }
 
     /// The appending connection: the one kept, if it is still alive, or a fresh one from the pool.
-    async fn writer<'a>(
-        &self,
-        held: &'a mut Option<Writer>,
-    ) -> Result<&'a mut PoolConnection<Postgres>, StoreError> {
+    async fn writer<'a>(&self, held: &'a mut Option<Writer>) -> Result<&'a mut Writer, StoreError> {
         if let Some(writer) = held
             && writer.last_used.elapsed() > IDLE_BEFORE_PING
             && writer.conn.ping().await.is_err()
@@ -190,7 +187,7 @@ impl PgStore {
                 last_used: Instant::now(),
             }),
         };
-        Ok(&mut writer.conn)
+        Ok(writer)
     }
 
     /// A connection from the pool set up for appending: asynchronous commits, [`APPEND`]
@@ -329,7 +326,8 @@ impl Store for PgStore {
         let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
         let times: Vec<OffsetDateTime> = batch.iter().map(|m| m.created_at).collect();
         let mut held = self.writer.lock().await;
-        let conn = self.writer(&mut held).await?;
+        let writer = self.writer(&mut held).await?;
+        let conn = &mut writer.conn;
         let inserted = async {
             let rows: Vec<(i64, i64, i64)> = sqlx::query_as(APPEND)
                 .bind(&room_ids)
@@ -345,9 +343,7 @@ impl Store for PgStore {
         .await;
         match inserted {
             Ok(inserted) => {
-                if let Some(writer) = held.as_mut() {
-                    writer.last_used = Instant::now();
-                }
+                writer.last_used = Instant::now();
                 number_batch(batch, inserted)
             }
             Err(e) => {
