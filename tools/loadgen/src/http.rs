@@ -7,6 +7,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use loadgen::sse::FrameReader;
+
 /// A client that keeps no idle connections: each stream then arrives on a connection of its own,
 /// the way `EventSource` opens one, and the server holds exactly one socket per stream.
 pub fn unpooled_client() -> anyhow::Result<reqwest::Client> {
@@ -97,19 +99,18 @@ impl WebUser {
         if !response.status().is_success() {
             bail!("stream refused: {}", response.status());
         }
-        let mut buffer = Vec::new();
+        let mut frames = FrameReader::default();
         Ok(response.bytes_stream().flat_map(move |chunk| {
-            let mut messages = Vec::new();
-            if let Ok(chunk) = chunk {
-                buffer.extend_from_slice(&chunk);
-                // Frames end with a blank line; take every complete one, then keep the rest.
-                let mut start = 0;
-                while let Some(end) = buffer[start..].windows(2).position(|w| w == b"\n\n") {
-                    messages.extend(parse_message(&buffer[start..start + end]));
-                    start += end + 2;
-                }
-                buffer.drain(..start);
-            }
+            let messages: Vec<(String, String)> = match chunk {
+                Ok(chunk) => frames
+                    .push(&chunk)
+                    .into_iter()
+                    .filter(|f| f.event == "message")
+                    .filter_map(|f| serde_json::from_str::<MessageData>(&f.data).ok())
+                    .map(|m| (m.user, m.content))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
             futures::stream::iter(messages)
         }))
     }
@@ -119,15 +120,4 @@ impl WebUser {
 struct MessageData {
     user: String,
     content: String,
-}
-
-/// The (user, content) of an `event: message` frame.
-fn parse_message(frame: &[u8]) -> Option<(String, String)> {
-    let text = std::str::from_utf8(frame).ok()?;
-    if !text.starts_with("event: message\n") {
-        return None;
-    }
-    let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
-    let message: MessageData = serde_json::from_str(data).ok()?;
-    Some((message.user, message.content))
 }
