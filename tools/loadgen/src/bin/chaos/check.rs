@@ -740,6 +740,7 @@ fn check_dms(
     stats: &mut Stats,
 ) {
     let held = holdings(records);
+    let faults = faults(records);
     let mut shown: HashMap<&str, Vec<&Record>> = HashMap::new();
     for record in records {
         if let Event::DmShown { content, .. } = &record.event {
@@ -774,12 +775,20 @@ fn check_dms(
         let Some(ack) = info.acks.first() else {
             continue;
         };
-        // The recipient held its nickname from before the send until two seconds after the ack.
+        // The recipient held its nickname from before the send until two seconds after the ack
+        // — or after the end of a fault under way then: a replica cut off from the bus gets the
+        // DM once it is back.
+        let settled = faults
+            .iter()
+            .filter(|(_, start, end)| *start <= ack.at && dm.at <= *end)
+            .map(|(_, _, end)| *end)
+            .fold(ack.at, u64::max);
+        let ack_at = settled;
         let connected = held
             .get(&to.to_lowercase())
             .into_iter()
             .flatten()
-            .any(|(a, b, _)| *a <= dm.at && ack.at + 2_000_000 <= *b);
+            .any(|(a, b, _)| *a <= dm.at && ack_at + 2_000_000 <= *b);
         if connected && times == 0 {
             anomalies.push(Anomaly {
                 invariant: 8,

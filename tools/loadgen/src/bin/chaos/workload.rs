@@ -799,14 +799,6 @@ async fn stream(
             break "stream broke".to_owned();
         };
         for frame in frames.push(&chunk) {
-            // The SSE rule: an `id` field sets the last event id; an empty one clears it.
-            if let Some(id) = &frame.id {
-                let room = seg
-                    .as_ref()
-                    .map(|(_, room)| room.clone())
-                    .unwrap_or_default();
-                *last_event_id = Some((id.clone(), room)).filter(|(id, _)| !id.is_empty());
-            }
             match frame.event.as_str() {
                 "connected" if events => {
                     let room: Value = serde_json::from_str(&frame.data).unwrap_or_default();
@@ -850,6 +842,15 @@ async fn stream(
                     }
                 }
                 _ => {}
+            }
+            // The SSE rule: an `id` field sets the last event id; an empty one clears it. (The
+            // checker notes the room it belongs to: the stream's, after this frame.)
+            if let Some(id) = &frame.id {
+                let room = seg
+                    .as_ref()
+                    .map(|(_, room)| room.clone())
+                    .unwrap_or_default();
+                *last_event_id = Some((id.clone(), room)).filter(|(id, _)| !id.is_empty());
             }
         }
     };
@@ -965,15 +966,20 @@ async fn web_churn(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
                 command(ctx, replica, &web, &rename),
                 join(ctx, spec, replica + 1, &web, &room),
             );
-            match (renamed, joined) {
-                (Ok(Some(reply)), Ok(Some(_)))
-                    if reply == format!("You are now known as {nick}") =>
-                {
+            // Whatever became of the other, a rename that was answered took effect.
+            let renamed = match renamed {
+                Ok(Some(reply)) if reply == format!("You are now known as {nick}") => {
                     ctx.logout(spec.id, &web.nick, "renamed");
                     web.nick = nick;
                     ctx.login(spec.id, &web.nick, true);
+                    true
                 }
-                (Ok(None), _) | (_, Ok(None)) => break,
+                Ok(None) => break,
+                _ => false,
+            };
+            match joined {
+                Ok(Some(_)) if renamed => {}
+                Ok(None) => break,
                 _ => continue,
             }
             if !send_http(ctx, spec, &mut replica, &web, &room).await {
