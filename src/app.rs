@@ -1,4 +1,4 @@
-//! Wiring: picks the Store and Bus the configuration asks for, binds the listeners, and runs
+//! Wiring: picks the Store and the bus the configuration asks for, binds the listeners, and runs
 //! everything until the shutdown token is cancelled, then drains in a fixed order.
 
 use std::net::SocketAddr;
@@ -12,30 +12,33 @@ use tokio_util::task::TaskTracker;
 
 use crate::adapters::http::{self, AppState};
 use crate::adapters::tcp::TcpServer;
-use crate::bus::{Bus, local::LocalBus, valkey::ValkeyBus};
+use crate::bus::{local::LocalBus, valkey::ValkeyBus};
 use crate::config::Config;
-use crate::core::Chat;
-use crate::core::commit::Committer;
-use crate::core::hub::Hub;
-use crate::store::breaker::BreakerStore;
-use crate::store::postgres::PgStore;
-use crate::store::{Store, memory::MemoryStore, retention};
+use crate::core::commit::{Committer, Publisher};
+use crate::core::feed::Feeds;
+use crate::core::ports::{Bus, Presence, Sessions, Store};
+use crate::core::{Chat, Limits, Ports};
+use crate::store::breaker::{BreakerSettings, BreakerStore};
+use crate::store::postgres::{self, PgStore};
+use crate::store::{memory::MemoryStore, retention};
 use crate::telemetry;
 
 /// How long readiness keeps answering 503 after the drain starts, before HTTP stops listening.
 const READINESS_LINGER: Duration = Duration::from_secs(1);
-
 /// How often expired HTTP sessions are looked for.
 const SESSION_SWEEP: Duration = Duration::from_secs(5);
+/// How often every carried room's tail is probed for a message the bus lost.
+const TAIL_PROBE: Duration = Duration::from_secs(1);
 
 pub struct App {
     config: Config,
-    /// Set when sharing through Valkey: its subscriber loop runs with the app.
+    /// Set when sharing through Valkey: its reader and heartbeat run with the app.
     valkey: Option<Arc<ValkeyBus>>,
     /// Set when storing in PostgreSQL: the retention job runs against it.
     postgres: Option<PgStore>,
     chat: Arc<Chat>,
-    commit_task: futures::future::BoxFuture<'static, ()>,
+    feeds: Arc<Feeds>,
+    background: Vec<futures::future::BoxFuture<'static, ()>>,
     tcp: TcpServer,
     tcp_addr: SocketAddr,
     http_listener: TcpListener,
@@ -44,12 +47,40 @@ pub struct App {
     shutdown: CancellationToken,
 }
 
+/// What the replicas share: one implementation behind three ports.
+struct Shared {
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    sessions: Arc<dyn Sessions>,
+    /// Set when it is Valkey: its reader and heartbeat run with the app.
+    valkey: Option<Arc<ValkeyBus>>,
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_message_chars: config.max_message_chars,
+        rate_per_sec: config.rate_limit_per_sec,
+        rate_burst: config.rate_limit_burst,
+        send_queue: config.send_queue_lines,
+        session_idle: Duration::from_secs(config.session_idle_timeout_secs),
+    }
+}
+
+fn breaker(config: &Config) -> BreakerSettings {
+    BreakerSettings {
+        failures: config.breaker_failures,
+        open_for: Duration::from_secs(config.breaker_open_secs),
+        max_waiting: config.breaker_max_waiting,
+        call_timeout: config.db_statement_timeout(),
+    }
+}
+
 impl App {
     /// Builds the service and binds its listeners (port 0 picks a free port, as tests do).
     pub async fn build(config: Config) -> anyhow::Result<App> {
         // Installed before anything records a metric, so that nothing recorded is lost.
         telemetry::install_metrics(Some(&config.instance_id));
-        let hub = Arc::new(Hub::new(config.history_size));
+        let shutdown = CancellationToken::new();
         let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
             Some(url) => {
                 let pg = connect_postgres(url, &config).await?;
@@ -57,7 +88,7 @@ impl App {
                 pg.open_writer().await?;
                 tracing::info!("DATABASE_URL set: storing in PostgreSQL");
                 (
-                    Arc::new(BreakerStore::new(Arc::new(pg.clone()), &config.breaker())),
+                    Arc::new(BreakerStore::new(Arc::new(pg.clone()), &breaker(&config))),
                     Some(pg),
                 )
             }
@@ -66,26 +97,69 @@ impl App {
                 (Arc::new(MemoryStore::new(config.retention_per_room)), None)
             }
         };
-        let (bus, valkey): (Arc<dyn Bus>, _) = match &config.valkey_url {
+        let Shared {
+            bus,
+            presence,
+            sessions,
+            valkey,
+        } = match &config.valkey_url {
             Some(url) => {
                 let ttl = Duration::from_secs(config.presence_ttl_secs);
-                let valkey =
-                    ValkeyBus::connect(url, hub.clone(), store.clone(), &config.instance_id, ttl)
-                        .await
-                        .context("VALKEY_URL")?;
+                let valkey = connect_valkey(url, &config.instance_id, ttl).await?;
                 tracing::info!(
                     "VALKEY_URL set: sharing delivery, presence and sessions through Valkey"
                 );
-                (valkey.clone(), Some(valkey))
+                Shared {
+                    bus: valkey.clone(),
+                    presence: valkey.clone(),
+                    sessions: valkey.clone(),
+                    valkey: Some(valkey),
+                }
             }
             None => {
                 tracing::info!("VALKEY_URL unset: in-process bus; run a single replica only");
-                (Arc::new(LocalBus::new(hub.clone())), None)
+                let local = Arc::new(LocalBus::new());
+                Shared {
+                    bus: local.clone(),
+                    presence: local.clone(),
+                    sessions: local,
+                    valkey: None,
+                }
             }
         };
-        let (committer, commit_task) =
-            Committer::start(store.clone(), bus.clone(), config.commit_batch_max);
-        let chat = Arc::new(Chat::new(store, bus, hub, committer, config.limits()));
+        let feeds = Arc::new(Feeds::new(
+            store.clone(),
+            config.history_size,
+            shutdown.clone(),
+        ));
+        let (publisher, publishing) = Publisher::start(bus.clone(), shutdown.clone());
+        let (committer, committing) = Committer::start(
+            store.clone(),
+            feeds.clone(),
+            publisher.clone(),
+            config.commit_batch_max,
+        );
+        let inbound = bus.subscribe();
+        let revoked = presence.revoked();
+        let ports = Ports {
+            store,
+            bus,
+            presence,
+            sessions,
+        };
+        let chat = Arc::new(Chat::new(
+            ports,
+            feeds.clone(),
+            publisher,
+            committer,
+            limits(&config),
+        ));
+        let background: Vec<futures::future::BoxFuture<'static, ()>> = vec![
+            Box::pin(committing),
+            Box::pin(publishing),
+            Box::pin(chat.clone().run_inbound(inbound, shutdown.clone())),
+            Box::pin(chat.clone().run_revocations(revoked, shutdown.clone())),
+        ];
 
         let tcp_listener = TcpListener::bind((config.bind_address, config.tcp_port))
             .await
@@ -102,13 +176,14 @@ impl App {
             valkey,
             postgres,
             chat,
-            commit_task: Box::pin(commit_task),
+            feeds,
+            background,
             tcp,
             tcp_addr,
             http_listener,
             http_addr,
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 
@@ -125,15 +200,17 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then: stop accepting → tell every client and
-    /// close it → flush pending writes → return, or give up after SHUTDOWN_GRACE_SECS.
+    /// Serves until the shutdown token is cancelled, then: not ready → stop accepting → tell every
+    /// client and close it (answering what they sent) → flush pending writes → return, or give
+    /// up after SHUTDOWN_GRACE_SECS.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App {
             config,
             valkey,
             postgres,
             chat,
-            commit_task,
+            feeds,
+            background,
             tcp,
             http_listener,
             started,
@@ -141,11 +218,14 @@ impl App {
             ..
         } = self;
         let tracker = TaskTracker::new();
-        tracker.spawn(commit_task);
+        for task in background {
+            tracker.spawn(task);
+        }
         tracker.spawn(telemetry::run_metrics_upkeep(
             telemetry::metrics_handle(),
             shutdown.clone(),
         ));
+        tracker.spawn(async move { feeds.run_probes(TAIL_PROBE).await });
         tracker.spawn(tcp.serve(tracker.clone(), shutdown.clone()));
         let state = AppState {
             chat: chat.clone(),
@@ -199,7 +279,21 @@ impl App {
 
 /// Connects the pool the configuration describes (used by the server and the admin commands).
 pub async fn connect_postgres(url: &str, config: &Config) -> anyhow::Result<PgStore> {
-    PgStore::connect(url, config.db_pool_size, config.db_acquire_timeout())
+    let timeouts = postgres::Timeouts {
+        acquire: config.db_acquire_timeout(),
+        statement: config.db_statement_timeout(),
+    };
+    PgStore::connect(url, config.db_pool_size, timeouts)
         .await
         .context("DATABASE_URL")
+}
+
+async fn connect_valkey(
+    url: &str,
+    instance: &str,
+    ttl: Duration,
+) -> anyhow::Result<Arc<ValkeyBus>> {
+    ValkeyBus::connect(url, instance, ttl)
+        .await
+        .context("VALKEY_URL")
 }

@@ -1,6 +1,6 @@
 //! Configuration: built-in defaults < an optional TOML file (`CONFIG_FILE`) < environment
 //! variables, with the names of SPEC §6. A bad value stops start-up with one line naming the
-//! setting.
+//! setting. A leaf: it imports nothing of the app; `app` turns it into each part's settings.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -9,9 +9,6 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-
-use crate::core::Limits;
-use crate::store::breaker::BreakerSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +42,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     pub db_pool_size: u32,
     pub db_acquire_timeout_secs: u64,
+    /// The longest one database statement may run (and a hung call counts as failed).
+    pub db_statement_timeout_secs: u64,
     /// Most messages stored per group-commit round trip (1 disables batching; for benchmarks).
     pub commit_batch_max: usize,
     /// Consecutive database failures that open the circuit breaker.
@@ -81,6 +80,7 @@ impl Default for Config {
             shutdown_grace_secs: 20,
             db_pool_size: 16,
             db_acquire_timeout_secs: 2,
+            db_statement_timeout_secs: 5,
             commit_batch_max: 512,
             breaker_failures: 5,
             breaker_open_secs: 5,
@@ -114,6 +114,7 @@ const ENV_KEYS: &[&str] = &[
     "SHUTDOWN_GRACE_SECS",
     "DB_POOL_SIZE",
     "DB_ACQUIRE_TIMEOUT_SECS",
+    "DB_STATEMENT_TIMEOUT_SECS",
     "COMMIT_BATCH_MAX",
     "BREAKER_FAILURES",
     "BREAKER_OPEN_SECS",
@@ -178,6 +179,10 @@ impl Config {
             ("COMMIT_BATCH_MAX", self.commit_batch_max),
             ("BREAKER_FAILURES", self.breaker_failures as usize),
             ("BREAKER_MAX_WAITING", self.breaker_max_waiting),
+            (
+                "DB_STATEMENT_TIMEOUT_SECS",
+                self.db_statement_timeout_secs as usize,
+            ),
         ];
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError(format!("{name}: must be at least 1"))),
@@ -185,30 +190,16 @@ impl Config {
         }
     }
 
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_message_chars: self.max_message_chars,
-            rate_per_sec: self.rate_limit_per_sec,
-            rate_burst: self.rate_limit_burst,
-            send_queue: self.send_queue_lines,
-            session_idle: Duration::from_secs(self.session_idle_timeout_secs),
-        }
-    }
-
     pub fn nick_timeout(&self) -> Duration {
         Duration::from_secs(self.nick_timeout_secs)
     }
 
-    pub fn breaker(&self) -> BreakerSettings {
-        BreakerSettings {
-            failures: self.breaker_failures,
-            open_for: Duration::from_secs(self.breaker_open_secs),
-            max_waiting: self.breaker_max_waiting,
-        }
-    }
-
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
+    pub fn db_statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_statement_timeout_secs)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -28,6 +28,7 @@ pub mod metric {
     pub const BREAKER_STATE: &str = "chat_circuit_breaker_state";
     pub const DB_QUERY_DURATION: &str = "chat_db_query_duration_seconds";
     pub const DB_POOL_CONNECTIONS: &str = "chat_db_pool_connections";
+    pub const GAP_REPAIRS: &str = "chat_gap_repairs_total";
 }
 
 /// Installs the tracing subscriber. Every line carries the instance id through the root span
@@ -133,6 +134,10 @@ fn describe() {
     describe_gauge!(
         DB_POOL_CONNECTIONS,
         "Database pool connections by state (idle, active, max)."
+    );
+    describe_counter!(
+        GAP_REPAIRS,
+        "Gaps in a room's order filled from the store (a message the bus lost or delayed)."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,

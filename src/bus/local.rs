@@ -1,42 +1,47 @@
-//! The in-process `Bus`: publishing is a direct call into this pod's hub, presence is a map.
-//! Correct for exactly one replica; `VALKEY_URL` selects the shared one.
+//! The in-process bus, presence and sessions: correct for exactly one replica; `VALKEY_URL`
+//! selects the shared ones. There is no other pod to publish to, and nothing is ever lost.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::{Bus, BusError, Holder};
-use crate::core::hub::Hub;
 use crate::core::model::{Envelope, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
+use crate::core::ports::{
+    Bus, BusError, Claim, Holder, Inbound, Presence, SessionLock, Sessions, Stored,
+};
 
+#[derive(Default)]
 pub struct LocalBus {
-    hub: Arc<Hub>,
     // std Mutex: short critical sections, never held across an await.
-    presence: Mutex<Presence>,
+    state: Mutex<State>,
+    /// Wakes requests waiting for a session's lock.
+    unlocked: Notify,
+    /// Kept so that the inbound stream stays open (and empty) for the life of the pod.
+    inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
+    revoked: Mutex<Option<mpsc::Sender<SessionId>>>,
 }
 
 #[derive(Default)]
-struct Presence {
+struct State {
     /// Claimed nickname → (its spelling, the owning session).
     nicks: HashMap<Nickname, (Nickname, SessionId)>,
     rooms: HashMap<RoomName, HashSet<Nickname>>,
-    sessions: HashMap<SessionId, (SessionRecord, Instant)>,
+    sessions: HashMap<SessionId, (SessionRecord, u64, Instant)>,
+    locks: HashMap<SessionId, (String, Instant)>,
 }
 
 impl LocalBus {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        LocalBus {
-            hub,
-            presence: Mutex::new(Presence::default()),
-        }
+    pub fn new() -> Self {
+        LocalBus::default()
     }
 
-    fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
-        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -46,52 +51,76 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        self.hub.deliver(envelope);
+    // No other pod: the core has already delivered to this one.
+    async fn publish(&self, _envelopes: &[Envelope]) -> Result<(), BusError> {
         Ok(())
     }
 
-    // Every event already reaches this (only) pod.
-    async fn watch_room(&self, _room: &RoomName) -> Result<(), BusError> {
-        Ok(())
+    fn subscribe(&self) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(1);
+        *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
+}
 
-    async fn unwatch_room(&self, _room: &RoomName) -> Result<(), BusError> {
-        Ok(())
-    }
-
-    async fn claim_nick(
+#[async_trait]
+impl Presence for LocalBus {
+    async fn claim(
         &self,
         nick: &Nickname,
         session: SessionId,
         _holder: Holder,
-    ) -> Result<bool, BusError> {
-        let mut presence = self.presence();
-        match presence.nicks.get(nick) {
-            Some((_, owner)) if *owner != session => Ok(false),
+    ) -> Result<Claim, BusError> {
+        let mut state = self.state();
+        match state.nicks.get(nick) {
+            Some((_, owner)) if *owner != session => Ok(Claim::Taken),
             // New, or re-claimed by its owner (perhaps with another spelling).
             _ => {
-                presence.nicks.insert(nick.clone(), (nick.clone(), session));
-                Ok(true)
+                state.nicks.insert(nick.clone(), (nick.clone(), session));
+                Ok(Claim::Granted)
             }
         }
     }
 
-    async fn release_nick(&self, nick: &Nickname, session: SessionId) -> Result<(), BusError> {
-        let mut presence = self.presence();
-        if presence
+    async fn release(&self, nick: &Nickname, session: SessionId) {
+        let mut state = self.state();
+        if state
             .nicks
             .get(nick)
             .is_some_and(|(_, owner)| *owner == session)
         {
-            presence.nicks.remove(nick);
+            state.nicks.remove(nick);
+            for members in state.rooms.values_mut() {
+                members.remove(nick);
+            }
+            state.rooms.retain(|_, members| !members.is_empty());
         }
-        Ok(())
+    }
+
+    async fn set_room(
+        &self,
+        nick: &Nickname,
+        _session: SessionId,
+        room: Option<&RoomName>,
+        _holder: Holder,
+    ) {
+        let mut state = self.state();
+        for members in state.rooms.values_mut() {
+            members.remove(nick);
+        }
+        if let Some(room) = room {
+            state
+                .rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(nick.clone());
+        }
+        state.rooms.retain(|_, members| !members.is_empty());
     }
 
     async fn find_online(&self, nick: &Nickname) -> Result<Option<Nickname>, BusError> {
         Ok(self
-            .presence()
+            .state()
             .nicks
             .get(nick)
             .map(|(spelling, _)| spelling.clone()))
@@ -99,46 +128,16 @@ impl Bus for LocalBus {
 
     async fn online_users(&self) -> Result<Vec<Nickname>, BusError> {
         Ok(self
-            .presence()
+            .state()
             .nicks
             .values()
             .map(|(n, _)| n.clone())
             .collect())
     }
 
-    async fn enter_room(
-        &self,
-        room: &RoomName,
-        nick: &Nickname,
-        _holder: Holder,
-    ) -> Result<(), BusError> {
-        self.presence()
-            .rooms
-            .entry(room.clone())
-            .or_default()
-            .insert(nick.clone());
-        Ok(())
-    }
-
-    async fn exit_room(
-        &self,
-        room: &RoomName,
-        nick: &Nickname,
-        _holder: Holder,
-    ) -> Result<(), BusError> {
-        let mut presence = self.presence();
-        if let Some(members) = presence.rooms.get_mut(room) {
-            members.remove(nick);
-            if members.is_empty() {
-                presence.rooms.remove(room);
-            }
-        }
-        Ok(())
-    }
-
     async fn room_members(&self, room: &RoomName) -> Result<Vec<Nickname>, BusError> {
-        let presence = self.presence();
-        Ok(presence
+        Ok(self
+            .state()
             .rooms
             .get(room)
             .map(|m| m.iter().cloned().collect())
@@ -146,36 +145,65 @@ impl Bus for LocalBus {
     }
 
     async fn room_counts(&self) -> Result<HashMap<RoomName, usize>, BusError> {
-        let presence = self.presence();
-        Ok(presence
+        Ok(self
+            .state()
             .rooms
             .iter()
             .map(|(r, m)| (r.clone(), m.len()))
             .collect())
     }
 
-    async fn save_session(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
-        let expires = Instant::now() + ttl;
-        self.presence()
+    fn revoked(&self) -> mpsc::Receiver<SessionId> {
+        // One process: every claim is its own, and is never lost.
+        let (tx, rx) = mpsc::channel(1);
+        *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+}
+
+#[async_trait]
+impl Sessions for LocalBus {
+    async fn create(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
+        self.state()
             .sessions
-            .insert(record.id, (record.clone(), expires));
+            .insert(record.id, (record.clone(), 1, Instant::now() + ttl));
         Ok(())
     }
 
-    async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, BusError> {
-        let presence = self.presence();
-        let live = presence
+    async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError> {
+        let state = self.state();
+        Ok(state
             .sessions
             .get(&id)
-            .filter(|(_, expires)| *expires > Instant::now());
-        Ok(live.map(|(record, _)| record.clone()))
+            .filter(|(_, _, expires)| *expires > Instant::now())
+            .map(|(record, version, _)| Stored {
+                record: record.clone(),
+                version: *version,
+            }))
     }
 
-    async fn touch_session(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError> {
+    async fn save(
+        &self,
+        record: &SessionRecord,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<bool, BusError> {
+        let mut state = self.state();
+        match state.sessions.get_mut(&record.id) {
+            Some((stored, current, expires)) if *current == version => {
+                *stored = record.clone();
+                *current += 1;
+                *expires = Instant::now() + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError> {
         let now = Instant::now();
-        let mut presence = self.presence();
-        match presence.sessions.get_mut(&id) {
-            Some((_, expires)) if *expires > now => {
+        match self.state().sessions.get_mut(&id) {
+            Some((_, _, expires)) if *expires > now => {
                 *expires = now + ttl;
                 Ok(true)
             }
@@ -183,24 +211,62 @@ impl Bus for LocalBus {
         }
     }
 
-    async fn delete_session(&self, id: SessionId) -> Result<(), BusError> {
-        self.presence().sessions.remove(&id);
+    async fn delete(&self, id: SessionId) -> Result<(), BusError> {
+        self.state().sessions.remove(&id);
         Ok(())
     }
 
-    async fn take_expired_sessions(&self) -> Result<Vec<SessionRecord>, BusError> {
+    async fn lock(
+        &self,
+        id: SessionId,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Option<SessionLock>, BusError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.unlocked.notified();
+            {
+                let mut state = self.state();
+                let now = Instant::now();
+                let free = state.locks.get(&id).is_none_or(|(_, until)| *until <= now);
+                if free {
+                    let token = uuid::Uuid::new_v4().to_string();
+                    state.locks.insert(id, (token.clone(), now + lease));
+                    return Ok(Some(SessionLock { session: id, token }));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn unlock(&self, lock: SessionLock) {
+        let mut state = self.state();
+        if state
+            .locks
+            .get(&lock.session)
+            .is_some_and(|(token, _)| *token == lock.token)
+        {
+            state.locks.remove(&lock.session);
+        }
+        drop(state);
+        self.unlocked.notify_waiters();
+    }
+
+    async fn take_expired(&self) -> Result<Vec<SessionRecord>, BusError> {
         let now = Instant::now();
-        let mut presence = self.presence();
-        let expired: Vec<SessionId> = presence
+        let mut state = self.state();
+        let expired: Vec<SessionId> = state
             .sessions
             .iter()
-            .filter(|(_, (_, expires))| *expires <= now)
+            .filter(|(_, (_, _, expires))| *expires <= now)
             .map(|(id, _)| *id)
             .collect();
         Ok(expired
             .into_iter()
-            .filter_map(|id| presence.sessions.remove(&id))
-            .map(|(record, _)| record)
+            .filter_map(|id| state.sessions.remove(&id))
+            .map(|(record, _, _)| record)
             .collect())
     }
 }

@@ -2,8 +2,7 @@
 //! and fills `"error"` in the HTTP envelope; adapters choose the framing and status, never the words.
 
 use super::names::NameError;
-use crate::bus::BusError;
-use crate::store::StoreError;
+use super::ports::{BusError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,6 +28,9 @@ pub enum Error {
     DmToSelf,
     #[error("Message too long")]
     MessageTooLong,
+    /// `POST /api/message` with a blank line or a command instead of a message.
+    #[error("content must be a non-empty message, not a command")]
+    NotAMessage,
     #[error("Rate limit exceeded")]
     RateLimited,
     #[error("Line too long")]
@@ -38,15 +40,32 @@ pub enum Error {
     /// The pod's connect-rate limit shed this connection (a reconnect storm).
     #[error("Too many connections, try again later")]
     TooManyConnections,
-    /// The store failed or is shedding load. The cause is logged where this becomes a reply.
+    /// The store failed or is shedding load: nothing was done. The cause is logged where this
+    /// becomes a reply.
     #[error("Service temporarily unavailable")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// A message may or may not have been stored: the database stopped answering mid-commit and
+    /// could not be asked afterwards. A retry with the same client message id is safe.
+    #[error("Could not confirm that the message was stored; it may have been")]
+    Unconfirmed(StoreError),
+    /// Another request of the same HTTP session is changing it; this one did nothing.
+    #[error("Another request of this session is in progress; try again")]
+    SessionBusy,
     /// The bus (presence, delivery between pods) failed.
     #[error("Service temporarily unavailable")]
     Bus(#[from] BusError),
     /// The server is shutting down and no longer takes new work.
     #[error("Server is shutting down")]
     ShuttingDown,
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Ambiguous(_) => Error::Unconfirmed(e),
+            e => Error::Store(e),
+        }
+    }
 }
 
 // Tests compare errors by what the user would read.

@@ -41,9 +41,16 @@ pub struct Room {
     pub created_at: OffsetDateTime,
 }
 
+/// Identifies a message across retries: a retried send with the same key is stored once.
+pub type MessageKey = uuid::Uuid;
+
 /// A message accepted from a user, not yet stored.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    pub key: MessageKey,
+    /// The key came from the client (a client message id): an earlier attempt may have stored
+    /// it, so a failure of this one cannot say it was not stored.
+    pub client_keyed: bool,
     pub room_id: i64,
     pub room: RoomName,
     pub user_id: UserId,
@@ -84,17 +91,41 @@ impl ChatMessage {
     }
 }
 
-/// Something a session sees without having asked for it.
+/// What travels between pods: everything a pod may need to show its receivers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Event {
-    /// A chat message in a room.
+pub enum Envelope {
+    /// A committed chat message: the one kind with a place in an order (its room's seq).
     Message(ChatMessage),
-    /// A room event (join, leave, rename), shown to the room's members except `about`.
-    Room {
+    /// A room event (join, leave, rename), shown to the room's members except the session
+    /// it is `about`.
+    RoomEvent {
         room: RoomName,
         text: String,
         about: Option<SessionId>,
     },
+    /// A direct message.
+    Dm {
+        from: Nickname,
+        to: Nickname,
+        content: String,
+    },
+    /// An HTTP session's nickname or room changed: its event streams, on whatever pod, follow.
+    /// `seen` is the last seq of `room` the session was shown (its join's history block).
+    SessionMoved {
+        session: SessionId,
+        nick: Nickname,
+        room: Option<Room>,
+        seen: i64,
+    },
+}
+
+/// Something a receiver is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A chat message in a room.
+    Message(ChatMessage),
+    /// A room event: `[system] <text>`.
+    Room { room: RoomName, text: String },
     /// A direct message, as its recipient sees it.
     Dm {
         from: Nickname,
@@ -123,22 +154,10 @@ pub struct SessionRecord {
     pub user_id: UserId,
     pub nick: Nickname,
     pub room: Option<Room>,
-}
-
-/// What the bus carries between pods.
-#[derive(Debug, Clone)]
-pub enum Envelope {
-    /// Something sessions see.
-    Event(Arc<Broadcast>),
-    /// An HTTP session's nickname or room changed: pods holding its event streams re-route them.
-    /// `seen` is the last seq of `room` the session was shown (its join's history block): its
-    /// streams carry on from the next one.
-    SessionState {
-        session: SessionId,
-        nick: Nickname,
-        room: Option<RoomName>,
-        seen: i64,
-    },
+    /// The last seq of `room` shown to the session when it joined (its history block): where its
+    /// event streams start, and the lowest position a resuming stream of it can have there.
+    #[serde(default)]
+    pub seen: i64,
 }
 
 /// An event on its way to many receivers.
@@ -161,6 +180,18 @@ impl Broadcast {
         })
     }
 
+    pub fn message(message: ChatMessage) -> Arc<Self> {
+        Broadcast::new(Event::Message(message))
+    }
+
+    /// The seq of a chat message; `None` for other events.
+    pub fn seq(&self) -> Option<i64> {
+        match &self.event {
+            Event::Message(m) => Some(m.seq),
+            _ => None,
+        }
+    }
+
     /// The event as a Server-Sent Events frame, rendered by `render` for the first receiver.
     pub fn sse_frame(&self, render: impl FnOnce(&Event) -> Bytes) -> &Bytes {
         self.sse.get_or_init(|| render(&self.event))
@@ -174,6 +205,27 @@ impl Broadcast {
             Bytes::from(text)
         })
     }
+}
+
+/// Where a receiver's view is: a room (or none) and the last seq of it shown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    pub room: Option<RoomName>,
+    pub seen: i64,
+}
+
+/// One item of a receiver's queue, in the order the receiver must show them.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<Broadcast>),
+    /// The receiver's view moved (a followed session changed rooms): show `room` from after `seen`.
+    Moved(Position),
+    /// The receiver's position no longer exists (or never did) in `room`: what follows starts
+    /// over at seq `next`.
+    Reset {
+        room: RoomName,
+        next: i64,
+    },
 }
 
 #[cfg(test)]
@@ -202,7 +254,6 @@ mod tests {
         let joined = Event::Room {
             room,
             text: "bob joined general".into(),
-            about: None,
         };
         assert_eq!(
             Broadcast::new(joined).line().as_ref(),

@@ -1,13 +1,15 @@
 //! One user's conversation state, whatever the transport: who they are, which room they are in,
-//! their rate limiter, and which room messages they have already been shown.
+//! their rate limiter, and what of their room they have been shown.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota};
+use tokio_util::sync::CancellationToken;
 
-use super::hub::Outbox;
-use super::model::{Event, Room, SessionId, SessionRecord, UserId};
+use super::model::{Broadcast, Delivery, Event, Position, Room, SessionId, SessionRecord, UserId};
 use super::names::{Nickname, RoomName};
+use super::outbox::Outbox;
 
 /// Which adapter a session came through; a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +33,31 @@ pub struct User {
     pub nick: Nickname,
 }
 
-/// What a receiver is looking at: the room whose events it shows, and the highest seq of that
-/// room it has shown (history or live), so a message that reaches it both ways shows once.
+/// What a receiver is looking at: the room whose events it shows, and the highest seq of it
+/// shown (history or live) — its cursor. What reaches it twice, or from a room it has left since
+/// the event was queued, is not shown.
 #[derive(Debug, Default, Clone)]
 pub struct View {
     room: Option<RoomName>,
     cursor: i64,
 }
 
+/// What a receiver shows for one delivery.
+#[derive(Debug)]
+pub enum Show<'a> {
+    Event(&'a Arc<Broadcast>),
+    /// It now shows another room (or none), from after `seen`.
+    Moved(&'a Position),
+    /// Its place in the room is gone: what follows starts over.
+    Reset {
+        room: &'a RoomName,
+        next: i64,
+    },
+}
+
 impl View {
-    pub fn new(room: Option<RoomName>) -> Self {
-        View { room, cursor: 0 }
+    pub fn new(room: Option<RoomName>, cursor: i64) -> Self {
+        View { room, cursor }
     }
 
     pub fn room(&self) -> Option<&RoomName> {
@@ -53,30 +69,39 @@ impl View {
         self.cursor
     }
 
-    /// Switches to another room (or none); nothing of it has been shown yet.
-    pub fn move_to(&mut self, room: Option<RoomName>) {
+    /// Switches to another room (or none), having shown it up to `seen`.
+    pub fn move_to(&mut self, room: Option<RoomName>, seen: i64) {
         self.room = room;
-        self.cursor = 0;
+        self.cursor = seen;
     }
 
-    /// Records that everything up to `seq` of the current room has been shown.
-    pub fn shown_up_to(&mut self, seq: i64) {
-        self.cursor = self.cursor.max(seq);
-    }
-
-    /// Whether an event should be shown now: events of a room the receiver has left since they
-    /// were queued, and messages already shown, are not.
-    pub fn admit(&mut self, event: &Event) -> bool {
-        match event {
-            Event::Message(m) => {
-                if Some(&m.room) != self.room.as_ref() || m.seq <= self.cursor {
-                    return false;
+    /// What to show for a delivery, if anything; the view moves along with it.
+    pub fn admit<'a>(&mut self, delivery: &'a Delivery) -> Option<Show<'a>> {
+        match delivery {
+            Delivery::Event(event) => match &event.event {
+                Event::Message(m) => {
+                    if Some(&m.room) != self.room.as_ref() || m.seq <= self.cursor {
+                        return None;
+                    }
+                    self.cursor = m.seq;
+                    Some(Show::Event(event))
                 }
-                self.cursor = m.seq;
-                true
+                Event::Room { room, .. } => {
+                    (Some(room) == self.room.as_ref()).then_some(Show::Event(event))
+                }
+                Event::Dm { .. } | Event::Notice(_) => Some(Show::Event(event)),
+            },
+            Delivery::Moved(position) => {
+                self.move_to(position.room.clone(), position.seen);
+                Some(Show::Moved(position))
             }
-            Event::Room { room, .. } => Some(room) == self.room.as_ref(),
-            Event::Dm { .. } | Event::Notice(_) => true,
+            Delivery::Reset { room, next } => {
+                if Some(room) != self.room.as_ref() {
+                    return None;
+                }
+                self.cursor = next - 1;
+                Some(Show::Reset { room, next: *next })
+            }
         }
     }
 }
@@ -92,6 +117,10 @@ pub struct Session {
     pub(super) outbox: Option<Outbox>,
     /// A live session's own limiter; detached sessions share the pod's keyed one.
     pub(super) limiter: Option<DefaultDirectRateLimiter>,
+    /// A detached session's stored version, for its compare-and-set save.
+    pub(super) version: u64,
+    /// A live session: cancelled when the pod can no longer vouch for its nickname.
+    pub kicked: CancellationToken,
 }
 
 impl Session {
@@ -102,7 +131,7 @@ impl Session {
         burst: NonZeroU32,
     ) -> Self {
         Session {
-            id: SessionId::random(),
+            id: outbox.session,
             transport,
             user: None,
             room: None,
@@ -111,10 +140,12 @@ impl Session {
             limiter: Some(DefaultDirectRateLimiter::direct(
                 Quota::per_second(per_sec).allow_burst(burst),
             )),
+            version: 0,
+            kicked: CancellationToken::new(),
         }
     }
 
-    pub(super) fn detached(record: SessionRecord) -> Self {
+    pub(super) fn detached(record: SessionRecord, version: u64) -> Self {
         Session {
             id: record.id,
             transport: Transport::Http,
@@ -122,10 +153,12 @@ impl Session {
                 id: record.user_id,
                 nick: record.nick,
             }),
-            view: View::new(record.room.as_ref().map(|r| r.name.clone())),
+            view: View::new(record.room.as_ref().map(|r| r.name.clone()), record.seen),
             room: record.room,
             outbox: None,
             limiter: None,
+            version,
+            kicked: CancellationToken::new(),
         }
     }
 
@@ -137,6 +170,7 @@ impl Session {
             user_id: user.id,
             nick: user.nick.clone(),
             room: self.room.clone(),
+            seen: self.view.seen(),
         })
     }
 
@@ -149,7 +183,52 @@ impl Session {
     }
 
     /// See [`View::admit`].
-    pub fn admit(&mut self, event: &Event) -> bool {
-        self.view.admit(event)
+    pub fn admit<'a>(&mut self, delivery: &'a Delivery) -> Option<Show<'a>> {
+        self.view.admit(delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::ChatMessage;
+    use time::OffsetDateTime;
+
+    fn message(room: &str, seq: i64) -> Delivery {
+        Delivery::Event(Broadcast::message(ChatMessage {
+            id: seq,
+            room: RoomName::parse(room).unwrap(),
+            seq,
+            user: Nickname::parse("u").unwrap(),
+            content: String::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }))
+    }
+
+    #[test]
+    fn a_view_shows_its_rooms_messages_once_in_order_and_follows_a_move() {
+        let mut view = View::new(Some(RoomName::parse("a").unwrap()), 4);
+        assert!(
+            view.admit(&message("a", 4)).is_none(),
+            "shown in its history"
+        );
+        assert!(view.admit(&message("a", 5)).is_some());
+        assert!(view.admit(&message("b", 6)).is_none(), "another room");
+        let moved = Delivery::Moved(Position {
+            room: Some(RoomName::parse("b").unwrap()),
+            seen: 6,
+        });
+        assert!(matches!(view.admit(&moved), Some(Show::Moved(_))));
+        assert!(view.admit(&message("a", 6)).is_none(), "the room it left");
+        assert!(view.admit(&message("b", 7)).is_some());
+        let reset = Delivery::Reset {
+            room: RoomName::parse("b").unwrap(),
+            next: 3,
+        };
+        assert!(view.admit(&reset).is_some());
+        assert!(
+            view.admit(&message("b", 3)).is_some(),
+            "a reset starts over"
+        );
     }
 }

@@ -12,9 +12,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Store;
 use super::postgres::PgStore;
 use crate::core::names::RoomName;
+use crate::core::ports::Store;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ArchiveFile {

@@ -1,14 +1,16 @@
 //! A circuit breaker in front of a `Store` (the database pool).
 //!
 //! Closed: calls go through; `failures` consecutive failures (an acquire timeout, a refused
-//! connection, a failed query) open it. So does a pile-up: a call that finds `max_waiting` others
-//! already waiting counts as a failure without waiting itself. Open: calls fail at once, so
-//! clients get a fast "temporarily unavailable" instead of a slow one and the database gets room
-//! to recover. After `open_for` it half-opens: calls are let through as probes; a success closes
-//! it, a failure opens it again. The state machine is `failsafe`'s.
+//! connection, a failed query, a call that hung past `call_timeout`) open it. So does a pile-up: a
+//! call that finds `max_waiting` others already waiting counts as a failure without waiting
+//! itself. Open: calls fail at once, so clients get a fast "temporarily unavailable" instead of a
+//! slow one and the database gets room to recover. After `open_for` it half-opens: one call at a
+//! time goes through as a probe — every other fails fast meanwhile — and its success closes the
+//! breaker, its failure opens it again. The state machine is `failsafe`'s; the one-probe rule and
+//! the timeout are added here.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,9 +19,9 @@ use failsafe::failure_policy::ConsecutiveFailures;
 use failsafe::futures::CircuitBreaker;
 use failsafe::{Config, StateMachine};
 
-use super::{Store, StoreError};
 use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
+use crate::core::ports::{RoomTail, Store, StoreError};
 use crate::telemetry::metric;
 
 #[derive(Debug, Clone)]
@@ -27,11 +29,25 @@ pub struct BreakerSettings {
     pub failures: u32,
     pub open_for: Duration,
     pub max_waiting: usize,
+    /// A call still running after this counts as failed (the append has its own, longer bound:
+    /// it resolves a lost outcome before answering).
+    pub call_timeout: Duration,
 }
 
-/// Publishes the breaker's state (`chat_circuit_breaker_state`: 0 closed, 1 half-open, 2 open)
-/// and logs each transition once.
-struct Transitions;
+const CLOSED: u8 = 0;
+const HALF_OPEN: u8 = 1;
+const OPEN: u8 = 2;
+
+/// Publishes the breaker's state (`chat_circuit_breaker_state`: 0 closed, 1 half-open, 2 open),
+/// keeps it for the one-probe rule, and logs each transition once.
+struct Transitions(Arc<AtomicU8>);
+
+impl Transitions {
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::SeqCst);
+        metrics::gauge!(metric::BREAKER_STATE).set(f64::from(state));
+    }
+}
 
 impl failsafe::Instrument for Transitions {
     fn on_call_rejected(&self) {
@@ -39,17 +55,17 @@ impl failsafe::Instrument for Transitions {
     }
 
     fn on_open(&self) {
-        metrics::gauge!(metric::BREAKER_STATE).set(2.0);
+        self.set(OPEN);
         tracing::warn!("database circuit breaker opened: failing fast");
     }
 
     fn on_half_open(&self) {
-        metrics::gauge!(metric::BREAKER_STATE).set(1.0);
+        self.set(HALF_OPEN);
         tracing::info!("database circuit breaker half-open: probing");
     }
 
     fn on_closed(&self) {
-        metrics::gauge!(metric::BREAKER_STATE).set(0.0);
+        self.set(CLOSED);
         tracing::info!("database circuit breaker closed: database is back");
     }
 }
@@ -57,23 +73,31 @@ impl failsafe::Instrument for Transitions {
 pub struct BreakerStore {
     inner: Arc<dyn Store>,
     breaker: StateMachine<ConsecutiveFailures<Constant>, Transitions>,
+    state: Arc<AtomicU8>,
+    /// Held by the one call let through while the breaker is not closed.
+    probing: AtomicBool,
     waiting: AtomicUsize,
     max_waiting: usize,
+    call_timeout: Duration,
 }
 
 impl BreakerStore {
     pub fn new(inner: Arc<dyn Store>, settings: &BreakerSettings) -> Self {
         let backoff = failsafe::backoff::constant(settings.open_for);
         let policy = failsafe::failure_policy::consecutive_failures(settings.failures, backoff);
+        let state = Arc::new(AtomicU8::new(CLOSED));
         metrics::gauge!(metric::BREAKER_STATE).set(0.0);
         BreakerStore {
             inner,
             breaker: Config::new()
                 .failure_policy(policy)
-                .instrument(Transitions)
+                .instrument(Transitions(state.clone()))
                 .build(),
+            state,
+            probing: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             max_waiting: settings.max_waiting,
+            call_timeout: settings.call_timeout,
         }
     }
 
@@ -81,7 +105,18 @@ impl BreakerStore {
     async fn guard<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
+        timeout: Option<Duration>,
     ) -> Result<T, StoreError> {
+        // Not closed: only the probe goes through; everyone else fails fast.
+        let _probe = if self.state.load(Ordering::SeqCst) != CLOSED {
+            if self.probing.swap(true, Ordering::SeqCst) {
+                metrics::counter!(metric::DROPPED, "reason" => "breaker_open").increment(1);
+                return Err(StoreError::CircuitOpen);
+            }
+            Some(ProbeGuard(&self.probing))
+        } else {
+            None
+        };
         let waiting = WaitingGuard::enter(&self.waiting);
         let result = if waiting.count > self.max_waiting {
             // Too many callers already waiting: record a failure without adding to the queue.
@@ -90,7 +125,17 @@ impl BreakerStore {
                 .await
         } else {
             let started = Instant::now();
-            let result = self.breaker.call(call).await;
+            let bounded = async {
+                match timeout {
+                    Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no answer within {limit:?}"
+                        )))
+                    }),
+                    None => call.await,
+                }
+            };
+            let result = self.breaker.call(bounded).await;
             metrics::histogram!(metric::DB_QUERY_DURATION).record(started.elapsed().as_secs_f64());
             result
         };
@@ -98,6 +143,22 @@ impl BreakerStore {
             failsafe::Error::Inner(e) => e,
             failsafe::Error::Rejected => StoreError::CircuitOpen,
         })
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.guard(call, Some(self.call_timeout)).await
+    }
+}
+
+/// Frees the probe slot when the probe ends, however it ends.
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -123,31 +184,31 @@ impl Drop for WaitingGuard<'_> {
 #[async_trait]
 impl Store for BreakerStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.guard(self.inner.ping()).await
+        self.bounded(self.inner.ping()).await
     }
 
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError> {
-        self.guard(self.inner.upsert_user(nick)).await
+        self.bounded(self.inner.upsert_user(nick)).await
     }
 
     async fn create_room(&self, name: &RoomName) -> Result<Option<Room>, StoreError> {
-        self.guard(self.inner.create_room(name)).await
+        self.bounded(self.inner.create_room(name)).await
     }
 
     async fn find_room(&self, name: &RoomName) -> Result<Option<Room>, StoreError> {
-        self.guard(self.inner.find_room(name)).await
+        self.bounded(self.inner.find_room(name)).await
     }
 
     async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
-        self.guard(self.inner.list_rooms()).await
+        self.bounded(self.inner.list_rooms()).await
     }
 
     async fn add_member(&self, room_id: i64, user_id: UserId) -> Result<(), StoreError> {
-        self.guard(self.inner.add_member(room_id, user_id)).await
+        self.bounded(self.inner.add_member(room_id, user_id)).await
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError> {
-        self.guard(self.inner.append_messages(batch)).await
+        self.guard(self.inner.append_messages(batch), None).await
     }
 
     async fn messages_before(
@@ -156,7 +217,7 @@ impl Store for BreakerStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.guard(self.inner.messages_before(room_id, before, limit))
+        self.bounded(self.inner.messages_before(room_id, before, limit))
             .await
     }
 
@@ -166,7 +227,124 @@ impl Store for BreakerStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        self.guard(self.inner.messages_after(room_id, after, limit))
+        self.bounded(self.inner.messages_after(room_id, after, limit))
             .await
+    }
+
+    async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
+        self.bounded(self.inner.room_tails(room_ids)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// A store whose every call waits for `gate` and then fails.
+    struct Down(tokio::sync::Semaphore);
+
+    #[async_trait]
+    impl Store for Down {
+        async fn ping(&self) -> Result<(), StoreError> {
+            let _held = self.0.acquire().await;
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn upsert_user(&self, _: &Nickname) -> Result<UserId, StoreError> {
+            unimplemented!()
+        }
+        async fn create_room(&self, _: &RoomName) -> Result<Option<Room>, StoreError> {
+            unimplemented!()
+        }
+        async fn find_room(&self, _: &RoomName) -> Result<Option<Room>, StoreError> {
+            unimplemented!()
+        }
+        async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
+            unimplemented!()
+        }
+        async fn add_member(&self, _: i64, _: UserId) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn append_messages(&self, _: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError> {
+            unimplemented!()
+        }
+        async fn messages_before(
+            &self,
+            _: i64,
+            _: Option<i64>,
+            _: usize,
+        ) -> Result<Vec<ChatMessage>, StoreError> {
+            unimplemented!()
+        }
+        async fn messages_after(
+            &self,
+            _: i64,
+            _: i64,
+            _: usize,
+        ) -> Result<Vec<ChatMessage>, StoreError> {
+            unimplemented!()
+        }
+        async fn room_tails(&self, _: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
+            unimplemented!()
+        }
+    }
+
+    fn settings(call_timeout: Duration) -> BreakerSettings {
+        BreakerSettings {
+            failures: 2,
+            open_for: Duration::from_millis(50),
+            max_waiting: 100,
+            call_timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn half_open_admits_one_probe_and_fails_the_others_fast() {
+        let gate = Arc::new(Down(tokio::sync::Semaphore::new(100)));
+        let breaker = Arc::new(BreakerStore::new(
+            gate.clone(),
+            &settings(Duration::from_secs(5)),
+        ));
+        for _ in 0..2 {
+            assert!(breaker.ping().await.is_err());
+        }
+        assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // The probe hangs (its gate is closed); every other call meanwhile fails at once.
+        gate.0.forget_permits(100);
+        let probe = tokio::spawn({
+            let breaker = breaker.clone();
+            async move { breaker.ping().await }
+        });
+        tokio::task::yield_now().await;
+        while !breaker.probing.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
+        assert!(started.elapsed() < Duration::from_millis(50));
+        gate.0.add_permits(1);
+        assert!(probe.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_counts_as_a_failure() {
+        let gate = Arc::new(Down(tokio::sync::Semaphore::new(0)));
+        let breaker = BreakerStore::new(gate, &settings(Duration::from_millis(20)));
+        assert!(matches!(
+            breaker.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(breaker.ping().await.is_err());
+        assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
+    }
+
+    #[tokio::test]
+    async fn a_healthy_store_passes_through() {
+        let breaker = BreakerStore::new(
+            Arc::new(MemoryStore::new(10)),
+            &settings(Duration::from_secs(1)),
+        );
+        assert!(breaker.ping().await.is_ok());
     }
 }

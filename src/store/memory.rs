@@ -9,9 +9,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{Store, StoreError};
-use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
+use crate::core::model::{ChatMessage, MessageKey, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
+use crate::core::ports::{RoomTail, Store, StoreError};
 
 pub struct MemoryStore {
     retention: usize,
@@ -25,13 +25,15 @@ struct State {
     rooms: HashMap<RoomName, Room>,
     members: HashSet<(i64, UserId)>,
     messages: HashMap<i64, RoomLog>,
+    /// Each stored message's key, so a retried append stores nothing new.
+    keys: HashMap<MessageKey, ChatMessage>,
     next_id: i64,
 }
 
 #[derive(Default)]
 struct RoomLog {
     last_seq: i64,
-    messages: VecDeque<ChatMessage>,
+    messages: VecDeque<(MessageKey, ChatMessage)>,
 }
 
 impl MemoryStore {
@@ -105,14 +107,22 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let mut stored = Vec::with_capacity(batch.len());
         for new in batch {
+            if let Some(existing) = state.keys.get(&new.key) {
+                stored.push(existing.clone());
+                continue;
+            }
             let id = state.next_id();
             let log = state.messages.entry(new.room_id).or_default();
             log.last_seq += 1;
             let message = ChatMessage::stored(new.clone(), id, log.last_seq);
-            log.messages.push_back(message.clone());
-            if log.messages.len() > self.retention {
-                log.messages.pop_front();
+            log.messages.push_back((new.key, message.clone()));
+            let removed = (log.messages.len() > self.retention)
+                .then(|| log.messages.pop_front())
+                .flatten();
+            if let Some((key, _)) = removed {
+                state.keys.remove(&key);
             }
+            state.keys.insert(new.key, message.clone());
             stored.push(message);
         }
         Ok(stored)
@@ -133,6 +143,7 @@ impl Store for MemoryStore {
             .messages
             .iter()
             .rev()
+            .map(|(_, m)| m)
             .filter(|m| m.seq < before)
             .take(limit)
             .cloned()
@@ -154,9 +165,30 @@ impl Store for MemoryStore {
         Ok(log
             .messages
             .iter()
+            .map(|(_, m)| m)
             .filter(|m| m.seq > after)
             .take(limit)
             .cloned()
+            .collect())
+    }
+
+    async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
+        let state = self.state();
+        Ok(room_ids
+            .iter()
+            .filter(|id| state.rooms.values().any(|r| r.id == **id))
+            .map(|&room_id| {
+                let log = state.messages.get(&room_id);
+                let last_seq = log.map_or(0, |l| l.last_seq);
+                let first_seq = log
+                    .and_then(|l| l.messages.front())
+                    .map_or(last_seq + 1, |(_, m)| m.seq);
+                RoomTail {
+                    room_id,
+                    last_seq,
+                    first_seq,
+                }
+            })
             .collect())
     }
 }
@@ -175,6 +207,8 @@ mod tests {
 
     fn new_message(room: &Room, content: &str) -> NewMessage {
         NewMessage {
+            key: MessageKey::new_v4(),
+            client_keyed: false,
             room_id: room.id,
             room: room.name.clone(),
             user_id: 1,
@@ -202,6 +236,32 @@ mod tests {
             .unwrap();
         let seqs: Vec<i64> = first.iter().chain(&second).map(|m| m.seq).collect();
         assert_eq!(seqs, [1, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_retried_key_returns_the_stored_message_and_stores_nothing() {
+        let store = MemoryStore::new(100);
+        let r = room(&store, "r").await;
+        let first = new_message(&r, "once");
+        let stored = store
+            .append_messages(std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        let again = store
+            .append_messages(&[new_message(&r, "next"), first])
+            .await
+            .unwrap();
+        assert_eq!(again[1], stored[0]);
+        assert_eq!(again[0].seq, 2);
+        let tail = store.room_tails(&[r.id]).await.unwrap();
+        assert_eq!(
+            tail,
+            [RoomTail {
+                room_id: r.id,
+                last_seq: 2,
+                first_seq: 1
+            }]
+        );
     }
 
     #[tokio::test]

@@ -1,30 +1,48 @@
 //! The PostgreSQL `Store` (sqlx, runtime-checked queries so that building needs no database).
 //!
-//! Durability: `append_messages` is one statement in its own transaction; when it returns, the
-//! batch is committed. Ordering: each room's `last_seq` counter is bumped in that same statement
-//! under the room's row lock, so seqs are gapless and follow commit order across every replica.
+//! Durability: `append_messages` is one statement committed synchronously — when it returns, the
+//! batch's WAL is on disk, and only then does anyone see, read or get acknowledged any of it
+//! (PostgreSQL makes a synchronous commit visible after its flush). Ordering: each room's
+//! `last_seq` counter is bumped in that same statement under the room's row lock, so seqs are
+//! gapless and follow commit order across every replica. Idempotence: every message carries a
+//! key, unique in the table; a key already stored is not stored again.
+//!
+//! An append whose outcome is lost (the connection broke or hung mid-statement) is resolved
+//! before anyone is answered: the old backend is terminated — so it can no longer commit — and
+//! the batch's keys are looked up. Only if the database cannot be asked at all is the outcome
+//! reported as unknown.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Postgres, SqlSafeStr};
 use time::OffsetDateTime;
 
-use super::{Store, StoreError};
-use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
+use crate::core::model::{ChatMessage, MessageKey, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
+use crate::core::ports::{RoomTail, Store, StoreError};
 use crate::telemetry::metric;
 
 /// The schema, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long one statement may run, on the server (`statement_timeout`) and here.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub acquire: Duration,
+    pub statement: Duration,
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    timeouts: Timeouts,
     /// The connection messages are appended on, kept from one batch to the next.
     ///
     /// sqlx hands out idle connections first in, first out, so a pod's stream of small commits
@@ -32,21 +50,13 @@ pub struct PgStore {
     /// processes taking turns, each woken with cold caches. One warm backend per pod does the
     /// same commits for less than half the CPU (docs/BENCHMARKS.md §6). Commits come from one
     /// task at a time, so the lock is not contended.
-    ///
-    /// The connection commits without waiting for the disk (`synchronous_commit = off`) and then
-    /// waits for it in a second, empty transaction ([`FLUSH`]). Numbering a room's messages locks
-    /// its row until commit; with a synchronous commit every pod writing to a room would wait for
-    /// the others' disk flushes one after another. This way the lock is held for microseconds and
-    /// the pods' flushes overlap, one fsync covering several of them. Nothing is acknowledged or
-    /// published before its flush. What the split allows is a reader (a gap fill, a history read)
-    /// seeing a message a fraction of a millisecond before it is on disk: a PostgreSQL crash in
-    /// that window could take back a message someone read, never one that was acknowledged.
-    /// Because of the setting the connection never goes back to the pool.
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
 }
 
 struct Writer {
     conn: PoolConnection<Postgres>,
+    /// Its backend's process id: what is terminated when an append's outcome is lost.
+    pid: i32,
     last_used: Instant,
 }
 
@@ -105,24 +115,26 @@ fn rows<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, St
 
 /// A pooled connection idle for longer than this is pinged before use.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+/// How long an append's lost outcome is looked for (the database may be restarting).
+const RESOLVE_FOR: Duration = Duration::from_secs(15);
 
-/// Waits until everything this connection committed is on disk: committing a transaction that
-/// holds a transaction id writes a commit record and, with `synchronous_commit = on`, flushes the
-/// WAL up to it, and so past every earlier commit. Simple-query protocol: one round trip.
-const FLUSH: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT";
-
-/// Numbers and inserts a batch in one statement: locks the batch's rooms in id order (two
-/// writers never wait on each other in a cycle), bumps each room's counter by its message count,
-/// numbers the messages of each room in batch order from the old counter, inserts them.
+/// Numbers and inserts a batch in one statement: drops messages whose key is already stored,
+/// locks the rooms of the rest in id order (two writers never wait on each other in a cycle),
+/// bumps each room's counter by its message count, numbers the messages of each room in batch
+/// order from the old counter, inserts them.
 const APPEND: &str = "WITH input AS (
-         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
-                  WITH ORDINALITY AS t (room_id, user_id, nickname, content, created_at, ord)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                              $6::timestamptz[])
+                  WITH ORDINALITY AS t (key, room_id, user_id, nickname, content, created_at, ord)
+     ),
+     fresh AS (
+         SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.key = i.key)
      ),
      locked AS (
-         SELECT id FROM rooms WHERE id IN (SELECT room_id FROM input) ORDER BY id FOR UPDATE
+         SELECT id FROM rooms WHERE id IN (SELECT room_id FROM fresh) ORDER BY id FOR UPDATE
      ),
      counts AS (
-         SELECT room_id, count(*) AS n FROM input GROUP BY room_id
+         SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id
      ),
      bumped AS (
          UPDATE rooms r SET last_seq = r.last_seq + c.n
@@ -130,24 +142,34 @@ const APPEND: &str = "WITH input AS (
          WHERE r.id = c.room_id AND l.id = c.room_id
          RETURNING r.id, r.last_seq - c.n AS base
      )
-     INSERT INTO messages (room_id, seq, user_id, nickname, content, created_at)
-     SELECT i.room_id,
-            b.base + row_number() OVER (PARTITION BY i.room_id ORDER BY i.ord),
-            i.user_id, i.nickname, i.content, i.created_at
-     FROM input i JOIN bumped b ON b.id = i.room_id
-     ORDER BY i.ord
-     RETURNING id, room_id, seq";
+     INSERT INTO messages (key, room_id, seq, user_id, nickname, content, created_at)
+     SELECT f.key, f.room_id,
+            b.base + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord),
+            f.user_id, f.nickname, f.content, f.created_at
+     FROM fresh f JOIN bumped b ON b.id = f.room_id
+     ORDER BY f.ord
+     RETURNING key, id, seq";
+
+/// The stored messages with these keys.
+const BY_KEY: &str = "SELECT m.key, m.id, m.seq FROM messages m WHERE m.key = ANY($1)";
 
 impl PgStore {
-    /// Connects a pool of `size` connections; a caller waits at most `acquire_timeout` for one.
-    pub async fn connect(
-        url: &str,
-        size: u32,
-        acquire_timeout: Duration,
-    ) -> Result<PgStore, StoreError> {
+    /// Connects a pool of `size` connections: a caller waits at most `timeouts.acquire` for one,
+    /// and no statement runs longer than `timeouts.statement`.
+    pub async fn connect(url: &str, size: u32, timeouts: Timeouts) -> Result<PgStore, StoreError> {
+        let statement_ms = timeouts.statement.as_millis().to_string();
+        let options = PgConnectOptions::from_str(url)
+            .map_err(failed("DATABASE_URL"))?
+            .application_name("baby-discord")
+            // A statement (or a transaction left idle) never holds a backend and its locks for
+            // longer than this, whatever happened to the client.
+            .options([
+                ("statement_timeout", statement_ms.as_str()),
+                ("idle_in_transaction_session_timeout", statement_ms.as_str()),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(size)
-            .acquire_timeout(acquire_timeout)
+            .acquire_timeout(timeouts.acquire)
             // sqlx pings every connection before handing it out: a round trip on the commit path
             // of every message. Ping only connections that sat idle (PostgreSQL may have
             // restarted meanwhile); a busy one that broke fails its query like any store error.
@@ -160,11 +182,12 @@ impl PgStore {
                     Ok(true)
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(failed("connecting to PostgreSQL"))?;
         Ok(PgStore {
             pool,
+            timeouts,
             writer: Arc::default(),
         })
     }
@@ -173,33 +196,163 @@ impl PgStore {
     async fn writer<'a>(&self, held: &'a mut Option<Writer>) -> Result<&'a mut Writer, StoreError> {
         if let Some(writer) = held
             && writer.last_used.elapsed() > IDLE_BEFORE_PING
-            && writer.conn.ping().await.is_err()
+            && !matches!(
+                tokio::time::timeout(self.timeouts.statement, writer.conn.ping()).await,
+                Ok(Ok(()))
+            )
         {
             *held = None;
         }
         let writer = match held {
             Some(writer) => writer,
-            None => held.insert(Writer {
-                conn: self
-                    .appending_connection()
+            None => {
+                let setup =
+                    tokio::time::timeout(self.timeouts.statement, self.appending_connection());
+                let (conn, pid) = setup
                     .await
-                    .map_err(failed("storing messages"))?,
-                last_used: Instant::now(),
-            }),
+                    .map_err(|_| {
+                        StoreError::Unavailable("opening the appending connection timed out".into())
+                    })?
+                    .map_err(failed("storing messages"))?;
+                held.insert(Writer {
+                    conn,
+                    pid,
+                    last_used: Instant::now(),
+                })
+            }
         };
         Ok(writer)
     }
 
-    /// A connection from the pool set up for appending: asynchronous commits, [`APPEND`]
-    /// prepared. Closed when dropped, so the setting never reaches another user of the pool.
-    async fn appending_connection(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    /// A connection from the pool set up for appending: [`APPEND`] prepared, its backend's pid
+    /// known. It stays out of the pool; closed when dropped.
+    async fn appending_connection(&self) -> Result<(PoolConnection<Postgres>, i32), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
-        sqlx::raw_sql("SET synchronous_commit = off")
-            .execute(&mut *conn)
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
             .await?;
         (&mut *conn).prepare(APPEND.into_sql_str()).await?;
-        Ok(conn)
+        Ok((conn, pid))
+    }
+
+    /// Appends on the kept connection. `Err(Ok(e))`: nothing was sent, nothing stored.
+    /// `Err(Err(pid))`: the statement went out and its outcome is unknown; `pid` ran it.
+    async fn try_append(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<Vec<(MessageKey, i64, i64)>, Result<StoreError, i32>> {
+        let keys: Vec<MessageKey> = batch.iter().map(|m| m.key).collect();
+        let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
+        let user_ids: Vec<i64> = batch.iter().map(|m| m.user_id).collect();
+        let nicks: Vec<&str> = batch.iter().map(|m| m.user.as_str()).collect();
+        let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
+        let times: Vec<OffsetDateTime> = batch.iter().map(|m| m.created_at).collect();
+        let mut held = self.writer.lock().await;
+        let writer = self.writer(&mut held).await.map_err(Ok)?;
+        let pid = writer.pid;
+        let query = sqlx::query_as(APPEND)
+            .bind(&keys)
+            .bind(&room_ids)
+            .bind(&user_ids)
+            .bind(&nicks)
+            .bind(&contents)
+            .bind(&times)
+            .fetch_all(&mut *writer.conn);
+        match tokio::time::timeout(self.timeouts.statement, query).await {
+            Ok(Ok(rows)) => {
+                writer.last_used = Instant::now();
+                Ok(rows)
+            }
+            Ok(Err(e)) => {
+                // The connection may be what failed: the next batch starts on a fresh one.
+                *held = None;
+                match &e {
+                    // PostgreSQL answered with an error: the statement's transaction did not
+                    // commit (a commit that has flushed cannot fail with an error; it would be a
+                    // PANIC). Among them: a concurrent append of the same key (a retry racing its
+                    // original on another pod), and a connection terminated by a shutdown.
+                    sqlx::Error::Database(_) => Err(Ok(StoreError::Unavailable(format!(
+                        "storing messages: {e}"
+                    )))),
+                    // The connection broke mid-statement: it may have committed.
+                    _ => {
+                        tracing::warn!(error = %e, "an append failed mid-statement; resolving it");
+                        Err(Err(pid))
+                    }
+                }
+            }
+            Err(_) => {
+                *held = None;
+                tracing::warn!("an append timed out; resolving it");
+                Err(Err(pid))
+            }
+        }
+    }
+
+    /// Settles an append whose outcome was lost: terminates the backend that ran it (so it cannot
+    /// commit later), then reads which of the batch's keys are stored. Retries while the database
+    /// is unreachable, up to [`RESOLVE_FOR`].
+    async fn resolve(
+        &self,
+        pid: i32,
+        keys: &[MessageKey],
+    ) -> Result<Vec<(MessageKey, i64, i64)>, StoreError> {
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_total_delay(Some(RESOLVE_FOR))
+            .without_max_times()
+            .build();
+        loop {
+            let attempt = tokio::time::timeout(self.timeouts.statement, async {
+                let mut conn = self.pool.acquire().await?;
+                // Waits (up to 5 s) for it to exit; false when it is gone already.
+                let _: Option<bool> = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                    .bind(pid)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let alive: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(pid)
+                .fetch_one(&mut *conn)
+                .await?;
+                if alive {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "backend {pid} is still running"
+                    )));
+                }
+                sqlx::query_as(BY_KEY)
+                    .bind(keys)
+                    .fetch_all(&mut *conn)
+                    .await
+            })
+            .await;
+            match attempt {
+                Ok(Ok(found)) => {
+                    tracing::info!(
+                        stored = found.len(),
+                        of = keys.len(),
+                        "resolved an append whose outcome was lost"
+                    );
+                    return Ok(found);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "resolving a lost append failed; retrying")
+                }
+                Err(_) => tracing::warn!("resolving a lost append timed out; retrying"),
+            }
+            match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => {
+                    return Err(StoreError::Ambiguous(format!(
+                        "the database did not answer for {}s after an append was sent",
+                        RESOLVE_FOR.as_secs()
+                    )));
+                }
+            }
+        }
     }
 
     /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so replicas
@@ -320,39 +473,50 @@ impl Store for PgStore {
     }
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError> {
-        let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
-        let user_ids: Vec<i64> = batch.iter().map(|m| m.user_id).collect();
-        let nicks: Vec<&str> = batch.iter().map(|m| m.user.as_str()).collect();
-        let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
-        let times: Vec<OffsetDateTime> = batch.iter().map(|m| m.created_at).collect();
-        let mut held = self.writer.lock().await;
-        let writer = self.writer(&mut held).await?;
-        let conn = &mut writer.conn;
-        let inserted = async {
-            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(APPEND)
-                .bind(&room_ids)
-                .bind(&user_ids)
-                .bind(&nicks)
-                .bind(&contents)
-                .bind(&times)
-                .fetch_all(&mut **conn)
-                .await?;
-            sqlx::raw_sql(FLUSH).execute(&mut **conn).await?;
-            Ok::<_, sqlx::Error>(rows)
+        let keys: Vec<MessageKey> = batch.iter().map(|m| m.key).collect();
+        let mut rows = match self.try_append(batch).await {
+            Ok(rows) => rows,
+            Err(Ok(refused)) => return Err(refused),
+            Err(Err(pid)) => self.resolve(pid, &keys).await?,
+        };
+        if rows.len() < batch.len() {
+            // Keys already stored (retries), or a resolution that found only some: the stored
+            // ones stand in their place. Keys found nowhere were not stored.
+            let missing: Vec<MessageKey> = keys
+                .iter()
+                .filter(|k| !rows.iter().any(|(key, ..)| key == *k))
+                .copied()
+                .collect();
+            let found: Vec<(MessageKey, i64, i64)> = sqlx::query_as(BY_KEY)
+                .bind(&missing)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| {
+                    StoreError::Ambiguous(format!("reading back retried messages: {e}"))
+                })?;
+            rows.extend(found);
         }
-        .await;
-        match inserted {
-            Ok(inserted) => {
-                writer.last_used = Instant::now();
-                number_batch(batch, inserted)
-            }
-            Err(e) => {
-                // The connection may be what failed; it is closed, the next batch starts on a
-                // fresh one.
-                *held = None;
-                Err(failed("storing messages")(e))
-            }
+        let by_key: HashMap<MessageKey, (i64, i64)> = rows
+            .into_iter()
+            .map(|(key, id, seq)| (key, (id, seq)))
+            .collect();
+        if by_key.len() < keys.len() {
+            // Resolved: part or none of the batch is stored. Report it not stored; what is stored
+            // reaches everyone through the other pods' tail probes, and a retry with its key
+            // returns it.
+            return Err(StoreError::Unavailable(format!(
+                "{} of {} messages were not stored",
+                keys.len() - by_key.len(),
+                keys.len()
+            )));
         }
+        Ok(batch
+            .iter()
+            .map(|new| {
+                let (id, seq) = by_key[&new.key];
+                ChatMessage::stored(new.clone(), id, seq)
+            })
+            .collect())
     }
 
     async fn messages_before(
@@ -397,37 +561,24 @@ impl Store for PgStore {
         .map_err(failed("reading messages"))?;
         rows(found)
     }
-}
 
-/// Pairs each message of the batch with its stored (id, room, seq). RETURNING promises no order,
-/// but within a room the seqs were given in batch order, from the room's lowest new seq up.
-fn number_batch(
-    batch: &[NewMessage],
-    inserted: Vec<(i64, i64, i64)>,
-) -> Result<Vec<ChatMessage>, StoreError> {
-    let mismatch = || {
-        StoreError::Unavailable(format!(
-            "stored {} rows for a batch of {}",
-            inserted.len(),
-            batch.len()
-        ))
-    };
-    if inserted.len() != batch.len() {
-        return Err(mismatch());
+    async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
+        let tails: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT r.id, r.last_seq,
+                    coalesce((SELECT min(m.seq) FROM messages m WHERE m.room_id = r.id), r.last_seq + 1)
+             FROM rooms r WHERE r.id = ANY($1)",
+        )
+        .bind(room_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed("reading rooms' tails"))?;
+        Ok(tails
+            .into_iter()
+            .map(|(room_id, last_seq, first_seq)| RoomTail {
+                room_id,
+                last_seq,
+                first_seq,
+            })
+            .collect())
     }
-    let mut next_seq: HashMap<i64, i64> = HashMap::new();
-    let mut ids: HashMap<(i64, i64), i64> = HashMap::with_capacity(inserted.len());
-    for &(id, room_id, seq) in &inserted {
-        let lowest = next_seq.entry(room_id).or_insert(seq);
-        *lowest = (*lowest).min(seq);
-        ids.insert((room_id, seq), id);
-    }
-    let mut stored = Vec::with_capacity(batch.len());
-    for new in batch {
-        let seq = next_seq.get_mut(&new.room_id).ok_or_else(mismatch)?;
-        let id = *ids.get(&(new.room_id, *seq)).ok_or_else(mismatch)?;
-        stored.push(ChatMessage::stored(new.clone(), id, *seq));
-        *seq += 1;
-    }
-    Ok(stored)
 }

@@ -13,59 +13,66 @@ use crate::helpers::*;
 use crate::http_client::Http;
 use crate::services::{postgres::Postgres, valkey::Valkey};
 
-struct Cluster {
-    _pg: Postgres,
-    database_url: String,
-    valkey: Valkey,
-    replicas: Vec<Replica>,
+pub struct Cluster {
+    pub pg: Postgres,
+    pub database_url: String,
+    pub valkey: Valkey,
+    pub replicas: Vec<Replica>,
 }
 
-struct Replica {
-    process: Child,
-    tcp: SocketAddr,
-    http: SocketAddr,
+pub struct Replica {
+    pub process: Child,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
 }
 
-const PRESENCE_TTL_SECS: &str = "2";
+pub const PRESENCE_TTL_SECS: &str = "2";
 
 async fn cluster(size: usize) -> Cluster {
-    let pg = Postgres::start();
-    let url = pg.create_database().await;
-    let valkey = Valkey::start();
-    let mut replicas = Vec::new();
-    for i in 0..size {
-        let instance = format!("replica-{i}");
-        let env = [
-            ("DATABASE_URL", url.as_str()),
-            ("VALKEY_URL", &valkey.url()),
-            ("INSTANCE_ID", instance.as_str()),
-            ("PRESENCE_TTL_SECS", PRESENCE_TTL_SECS),
-            ("RATE_LIMIT_BURST", "1000"),
-            ("SHUTDOWN_GRACE_SECS", "5"),
-        ];
-        let (process, tcp, http) = start_server_http(&env).await;
-        replicas.push(Replica { process, tcp, http });
-    }
-    Cluster {
-        _pg: pg,
-        database_url: url,
-        valkey,
-        replicas,
-    }
+    Cluster::start(size, &[]).await
 }
 
 impl Cluster {
-    fn tcp(&self, i: usize) -> SocketAddr {
+    /// `size` server processes on one PostgreSQL and one Valkey; `extra_env` overrides settings.
+    pub async fn start(size: usize, extra_env: &[(&str, &str)]) -> Cluster {
+        let pg = Postgres::start();
+        let url = pg.create_database().await;
+        let valkey = Valkey::start();
+        let mut replicas = Vec::new();
+        for i in 0..size {
+            let instance = format!("replica-{i}");
+            let valkey_url = valkey.url();
+            let mut env = vec![
+                ("DATABASE_URL", url.as_str()),
+                ("VALKEY_URL", valkey_url.as_str()),
+                ("INSTANCE_ID", instance.as_str()),
+                ("PRESENCE_TTL_SECS", PRESENCE_TTL_SECS),
+                ("RATE_LIMIT_BURST", "1000"),
+                ("SHUTDOWN_GRACE_SECS", "5"),
+            ];
+            env.extend_from_slice(extra_env);
+            let (process, tcp, http) = start_server_http(&env).await;
+            replicas.push(Replica { process, tcp, http });
+        }
+        Cluster {
+            pg,
+            database_url: url,
+            valkey,
+            replicas,
+        }
+    }
+
+    pub fn tcp(&self, i: usize) -> SocketAddr {
         self.replicas[i].tcp
     }
 
-    fn http(&self, i: usize) -> Http {
+    pub fn http(&self, i: usize) -> Http {
         Http::new(self.replicas[i].http)
     }
 
     /// `creator` on replica 0 makes `room`, `joiner` on replica 1 joins it; both are logged in
     /// and the creator has seen the join.
-    async fn one_on_each_replica(
+    pub async fn one_on_each_replica(
         &self,
         room: &str,
         creator: &str,
@@ -79,6 +86,11 @@ impl Cluster {
             .expect(&format!("[system] {joiner} joined {room}"))
             .await;
         (first, second)
+    }
+
+    /// A connection to the shared database, for what the tests read or plant directly.
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.database_url).await.unwrap()
     }
 }
 
@@ -330,7 +342,7 @@ async fn a_message_committed_but_never_published_reaches_every_replica_from_the_
 
     // What a replica that died between its commit and its publish leaves behind: the next seq is
     // taken in the store, and no replica heard of it.
-    let db = sqlx::PgPool::connect(&cluster.database_url).await.unwrap();
+    let db = cluster.db().await;
     sqlx::query(
         "WITH r AS (UPDATE rooms SET last_seq = last_seq + 1 WHERE name = 'gaps' RETURNING id, last_seq)
          INSERT INTO messages (room_id, seq, nickname, content, created_at)

@@ -248,7 +248,10 @@ pub async fn start_server(extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
 
 /// Like `start_server`, also returning the HTTP address.
 pub async fn start_server_http(extra_env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baby-discord"))
+    // BABY_DISCORD_BIN runs the suite against another build (an earlier commit's, say).
+    let binary = std::env::var("BABY_DISCORD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_baby-discord").to_owned());
+    let mut child = Command::new(binary)
         .env_clear()
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("TCP_PORT", "0")

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cluster;
+mod faults;
 mod helpers;
 mod http;
 mod http_client;

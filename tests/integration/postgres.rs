@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use baby_discord::core::model::ChatMessage;
 use baby_discord::core::names::RoomName;
-use baby_discord::store::Store;
+use baby_discord::core::ports::Store;
 use baby_discord::store::postgres::PgStore;
 use sqlx::Row;
 use tokio::process::Command;
@@ -21,6 +21,13 @@ async fn spawn_app_on(url: &str) -> TestApp {
         c.rate_limit_per_sec = std::num::NonZeroU32::new(10_000).unwrap();
     })
     .await
+}
+
+fn timeouts() -> baby_discord::store::postgres::Timeouts {
+    baby_discord::store::postgres::Timeouts {
+        acquire: Duration::from_secs(5),
+        statement: Duration::from_secs(5),
+    }
 }
 
 async fn pool(url: &str) -> sqlx::PgPool {
@@ -162,9 +169,7 @@ async fn the_store_pages_history_backwards_and_forwards() {
         alice.send(&format!("p{i}")).await;
         alice.expect(&format!("[pages] alice: p{i}")).await;
     }
-    let store = PgStore::connect(&url, 2, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = PgStore::connect(&url, 2, timeouts()).await.unwrap();
     let room = store
         .find_room(&RoomName::parse("PAGES").unwrap())
         .await
@@ -202,9 +207,7 @@ async fn retention_deletes_only_messages_beyond_the_bound() {
         alice.send(&format!("k{i}")).await;
         alice.expect(&format!("[kept] alice: k{i}")).await;
     }
-    let store = PgStore::connect(&url, 2, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let store = PgStore::connect(&url, 2, timeouts()).await.unwrap();
     // Bounded batches: 7 to delete, 4 at a time.
     assert_eq!(store.prune(5, 4).await.unwrap(), 4);
     assert_eq!(store.prune(5, 4).await.unwrap(), 3);

@@ -1,9 +1,8 @@
 //! The JSON routes of SPEC §4. Each handler loads the session (if it needs one), makes one call
 //! on the core and wraps the answer; a detached session is saved back after a command.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::header::SET_COOKIE;
 use axum::response::{AppendHeaders, IntoResponse};
 use bytes::Bytes;
@@ -16,10 +15,12 @@ use super::auth::{COOKIE, Credentials};
 use super::error::{ApiError, ApiJson, ApiResult, Data};
 use crate::core::model::ChatMessage;
 use crate::core::names::RoomName;
-use crate::core::{Chat, Error, Reply, Session};
+use crate::core::{Error, Reply};
 
 /// The most messages one history request returns.
 const MAX_HISTORY_PAGE: usize = 100;
+/// The longest client message id (or `Idempotency-Key`) accepted.
+const MAX_CLIENT_ID: usize = 64;
 
 #[derive(Deserialize, ToSchema)]
 pub struct ConnectRequest {
@@ -58,6 +59,9 @@ pub struct CommandReply {
 pub struct MessageRequest {
     pub session_id: Option<String>,
     pub content: String,
+    /// Makes the send idempotent: a retry with the same id by the same session returns the
+    /// original reply and posts nothing. The `Idempotency-Key` header does the same.
+    pub client_message_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -159,8 +163,8 @@ pub async fn post_disconnect(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))?
     };
-    let session = resume(&state.chat, credentials, body.session_id.as_deref()).await?;
-    state.chat.close(session).await;
+    let id = credentials.session(body.session_id.as_deref())?;
+    state.chat.disconnect(id).await?;
     Ok((
         AppendHeaders([(SET_COOKIE, session_cookie("", 0))]),
         Data(Empty {}),
@@ -176,22 +180,12 @@ pub async fn post_command(
     credentials: Credentials,
     ApiJson(body): ApiJson<CommandRequest>,
 ) -> ApiResult<CommandReply> {
-    let mut session = resume(&state.chat, credentials, body.session_id.as_deref()).await?;
-    let reply = state.chat.handle(&mut session, &body.command).await;
-    let message = match reply {
-        Ok(Reply::Nothing) => String::new(),
-        Ok(Reply::Text(text)) => text,
-        Ok(Reply::Sent(ack)) => ack.committed().await?.line(),
-        Ok(Reply::Quit(text)) => {
-            state.chat.close(session).await;
-            return Ok(Data(CommandReply { message: text }));
-        }
-        Err(e) => {
-            state.chat.save(&session).await?;
-            return Err(e.into());
-        }
+    let id = credentials.session(body.session_id.as_deref())?;
+    let message = match state.chat.command(id, &body.command).await? {
+        Reply::Nothing => String::new(),
+        Reply::Text(text) | Reply::Quit(text) => text,
+        Reply::Sent(ack) => ack.committed().await?.line(),
     };
-    state.chat.save(&session).await?;
     Ok(Data(CommandReply { message }))
 }
 
@@ -202,23 +196,28 @@ pub async fn post_command(
 pub async fn post_message(
     State(state): State<AppState>,
     credentials: Credentials,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<MessageRequest>,
 ) -> ApiResult<Posted> {
-    let mut session = resume(&state.chat, credentials, body.session_id.as_deref()).await?;
-    if body.content.trim().is_empty() || body.content.trim_start().starts_with('/') {
-        return Err(ApiError::BadRequest(
-            "content must be a non-empty message, not a command".into(),
-        ));
+    let id = credentials.session(body.session_id.as_deref())?;
+    let header = headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| ApiError::BadRequest("Idempotency-Key must be text".into()))
+    });
+    let client_id = body.client_message_id.map(Ok).or(header).transpose()?;
+    if client_id
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > MAX_CLIENT_ID)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "clientMessageId must be 1 to {MAX_CLIENT_ID} characters"
+        )));
     }
-    let sent = match state.chat.handle(&mut session, &body.content).await? {
-        Reply::Sent(ack) => ack.committed().await?,
-        _ => {
-            return Err(ApiError::BadRequest(
-                "content must be a chat message".into(),
-            ));
-        }
-    };
-    state.chat.save(&session).await?;
+    let sent = state
+        .chat
+        .post(id, &body.content, client_id.as_deref())
+        .await?;
     Ok(Data(Posted {
         id: sent.id,
         room: sent.room.to_string(),
@@ -258,13 +257,4 @@ pub async fn get_history(
     Ok(Data(History {
         messages: page.into_iter().map(HistoryMessage::from).collect(),
     }))
-}
-
-/// The session this request speaks for.
-pub async fn resume(
-    chat: &Arc<Chat>,
-    credentials: Credentials,
-    body: Option<&str>,
-) -> Result<Session, ApiError> {
-    Ok(chat.resume(credentials.session(body)?).await?)
 }

@@ -37,13 +37,18 @@ impl ApiError {
                 Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 Error::Store(_)
                 | Error::Bus(_)
+                | Error::SessionBusy
                 | Error::ShuttingDown
                 | Error::ServerFull
                 | Error::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+                // Not "failed": the outcome is unknown, and a retry with the same client message
+                // id settles it.
+                Error::Unconfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
                 Error::UnknownCommand(_)
                 | Error::MissingArgument(_)
                 | Error::InvalidName(_)
                 | Error::NotInRoom
+                | Error::NotAMessage
                 | Error::DmToSelf => StatusCode::BAD_REQUEST,
             },
         }
@@ -71,7 +76,7 @@ impl IntoResponse for ApiError {
             error: self.to_string(),
         });
         let mut response = (status, body).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -20,13 +20,11 @@ use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::api::resume;
 use super::auth::Credentials;
 use super::error::ApiError;
-use crate::core::model::{Broadcast, ChatMessage, Event, SessionId};
+use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
 use crate::core::names::RoomName;
-use crate::core::stream::EventStream;
-use crate::core::{Chat, Error};
+use crate::core::{Chat, Error, EventStream, Show};
 use crate::telemetry::metric;
 
 /// A comment line every this often keeps proxies from closing an idle stream.
@@ -55,12 +53,15 @@ pub async fn get_room_stream(
     headers: HeaderMap,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
-    let session = resume(&state.chat, credentials, query.session_id.as_deref()).await?;
+    let session = state
+        .chat
+        .resume(credentials.session(query.session_id.as_deref())?)
+        .await?;
     let name = RoomName::parse(&room).map_err(Error::from)?;
     let room = state.chat.find_room(&name).await?;
     let stream = state
         .chat
-        .open_room_stream(&room, last_event_id(&headers, &query))
+        .open_room_stream(session.id, &room, last_event_id(&headers, &query))
         .await?;
     Ok(respond(stream, &state, session.id))
 }
@@ -74,7 +75,10 @@ pub async fn get_session_stream(
     headers: HeaderMap,
     credentials: Credentials,
 ) -> Result<Response, ApiError> {
-    let session = resume(&state.chat, credentials, query.session_id.as_deref()).await?;
+    let session = state
+        .chat
+        .resume(credentials.session(query.session_id.as_deref())?)
+        .await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
     let stream = state
         .chat
@@ -117,40 +121,24 @@ struct Writer {
     session: SessionId,
     shutdown: CancellationToken,
     keepalive: tokio::time::Interval,
+    /// What the stream shows: its room and the last seq of it shown.
+    view: crate::core::session::View,
     ready: VecDeque<Bytes>,
-    events: Vec<Arc<Broadcast>>,
+    deliveries: Vec<Delivery>,
     finished: bool,
 }
 
 impl Writer {
     fn new(
-        mut stream: EventStream,
+        stream: EventStream,
         chat: Arc<Chat>,
         session: SessionId,
         shutdown: CancellationToken,
     ) -> Self {
         chat.count_connection("sse", true);
         let mut ready = VecDeque::new();
-        ready.push_back(frame(
-            "connected",
-            None,
-            &Connected {
-                room: stream.view.room().map(|r| r.to_string()),
-            },
-        ));
-        let catch_up = std::mem::take(&mut stream.catch_up);
-        if catch_up.reset {
-            let oldest = catch_up.messages.first().map(|m| m.seq);
-            ready.push_back(frame(
-                "reset",
-                None,
-                &Reset {
-                    room: stream.view.room().map(|r| r.to_string()),
-                    oldest_seq: oldest,
-                },
-            ));
-        }
-        ready.extend(catch_up.messages.into_iter().map(|m| message_frame(&m)));
+        ready.push_back(connected(&stream.start));
+        let view = crate::core::session::View::new(stream.start.room.clone(), stream.start.seen);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.reset();
         Writer {
@@ -159,8 +147,9 @@ impl Writer {
             session,
             shutdown,
             keepalive,
+            view,
             ready,
-            events: Vec::new(),
+            deliveries: Vec::new(),
             finished: false,
         }
     }
@@ -192,19 +181,11 @@ impl Writer {
                     self.ready.push_back(frame("system", None, &notice));
                 }
                 _ = self.stream.inbox.too_slow.cancelled() => return None,
-                // A followed session moved: show the new room from here on.
-                Ok(()) = self.stream.moves.changed() => {
-                    let position = self.stream.moves.borrow_and_update().clone();
-                    let room = position.room.as_ref().map(|r| r.to_string());
-                    self.ready.push_back(frame("connected", None, &Connected { room }));
-                    self.stream.view.move_to(position.room);
-                    self.stream.view.shown_up_to(position.seen);
-                }
-                received = self.stream.inbox.rx.recv_many(&mut self.events, BATCH) => {
+                received = self.stream.inbox.rx.recv_many(&mut self.deliveries, BATCH) => {
                     if received == 0 {
                         return None;
                     }
-                    self.take_events();
+                    self.take_deliveries();
                 }
                 _ = self.keepalive.tick() => {
                     // An open stream keeps its session alive; a session that ended ends the stream.
@@ -217,19 +198,31 @@ impl Writer {
         }
     }
 
-    fn take_events(&mut self) {
+    fn take_deliveries(&mut self) {
         let now = OffsetDateTime::now_utc();
         let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
         let mut delivered = 0;
-        for event in self.events.drain(..) {
-            if !self.stream.view.admit(&event.event) {
-                continue;
+        for delivery in std::mem::take(&mut self.deliveries) {
+            match self.view.admit(&delivery) {
+                Some(Show::Event(event)) => {
+                    if let Event::Message(m) = &event.event {
+                        latency.record((now - m.created_at).as_seconds_f64().max(0.0));
+                        delivered += 1;
+                    }
+                    self.ready.push_back(event.sse_frame(render).clone());
+                }
+                // A followed session moved: the stream shows its new room from here on.
+                Some(Show::Moved(position)) => self.ready.push_back(connected(position)),
+                Some(Show::Reset { room, next }) => self.ready.push_back(frame(
+                    "reset",
+                    None,
+                    &Reset {
+                        room: Some(room.to_string()),
+                        oldest_seq: Some(next),
+                    },
+                )),
+                None => {}
             }
-            if let Event::Message(m) = &event.event {
-                latency.record((now - m.created_at).as_seconds_f64().max(0.0));
-                delivered += 1;
-            }
-            self.ready.push_back(event.sse_frame(render).clone());
         }
         metrics::counter!(metric::DELIVERIES, "transport" => "sse").increment(delivered);
     }
@@ -239,6 +232,19 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.chat.count_connection("sse", false);
     }
+}
+
+/// `event: connected` with the stream's room, and as its `id` the position there (the last seq
+/// counted as shown), so that a client reconnecting with it resumes exactly there — also after
+/// its session moved to another room. No room: an empty id, which clears the client's.
+fn connected(position: &Position) -> Bytes {
+    let room = position.room.as_ref().map(|r| r.to_string());
+    let id = room.as_ref().map(|_| position.seen);
+    let mut frame = frame("connected", id, &Connected { room: room.clone() });
+    if room.is_none() {
+        frame = Bytes::from([b"id:\n".as_slice(), &frame].concat());
+    }
+    frame
 }
 
 #[derive(Serialize)]

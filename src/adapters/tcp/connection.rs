@@ -19,9 +19,9 @@ use tokio_util::codec::{AnyDelimiterCodec, Decoder};
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
-use crate::core::hub::Inbox;
-use crate::core::model::{Broadcast, ChatMessage, Event};
-use crate::core::{Chat, Error, Reply, Session, Transport};
+use crate::core::model::{Broadcast, ChatMessage, Delivery, Event};
+use crate::core::outbox::Inbox;
+use crate::core::{Chat, Error, Reply, Session, Show, Transport};
 use crate::telemetry::metric;
 
 /// Chat messages one connection may have waiting for their commit; past that it stops reading,
@@ -35,6 +35,13 @@ const IDLE_BATCH_CAPACITY: usize = 16;
 const READ_CHUNK: usize = 4096;
 /// How long the drain notice may take to reach a client that is not reading.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a drain waits for the client's messages still being stored, to answer each.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Told to a user whose nickname this server can no longer vouch for.
+const KICKED: &str =
+    "[system] Disconnected: this server lost contact with the presence service; please reconnect\n";
+/// Told to a user whose room skipped messages the store no longer has.
+const SKIPPED: &str = "[system] Some messages of this room are no longer available";
 
 /// A line as read: its bytes, or the news that it was longer than allowed (and was skipped).
 type Line = Result<Bytes, LineTooLong>;
@@ -47,6 +54,8 @@ enum End {
     /// The client did not read fast enough; already counted where it was detected.
     TooSlow,
     Shutdown,
+    /// The pod can no longer vouch for the user's nickname.
+    Kicked,
 }
 
 struct Connection {
@@ -56,6 +65,8 @@ struct Connection {
     max_line_bytes: usize,
     shutdown: CancellationToken,
     too_slow: CancellationToken,
+    /// Set while a drain settles what the client sent: writes go on despite the shutdown.
+    draining: bool,
 }
 
 /// Serves one connection until it ends; `_slot` is its place under MAX_CONNECTIONS, given back
@@ -80,6 +91,7 @@ pub async fn serve(
         max_line_bytes: settings.max_line_bytes,
         shutdown,
         too_slow: inbox.too_slow.clone(),
+        draining: false,
     };
     let end = match tokio::time::timeout(
         settings.nick_timeout,
@@ -97,9 +109,18 @@ pub async fn serve(
             End::Client
         }
     };
-    if let End::Shutdown = end {
-        let notice = Broadcast::new(Event::Notice("Server restarting, please reconnect".into()));
-        let _ = tokio::time::timeout(NOTICE_TIMEOUT, conn.stream.write_all(notice.line())).await;
+    match end {
+        End::Shutdown => {
+            let notice =
+                Broadcast::new(Event::Notice("Server restarting, please reconnect".into()));
+            let _ =
+                tokio::time::timeout(NOTICE_TIMEOUT, conn.stream.write_all(notice.line())).await;
+        }
+        End::Kicked => {
+            let _ = tokio::time::timeout(NOTICE_TIMEOUT, conn.stream.write_all(KICKED.as_bytes()))
+                .await;
+        }
+        End::Client | End::TooSlow => {}
     }
     let _ = conn.stream.shutdown().await;
     chat.close(session).await;
@@ -140,11 +161,18 @@ impl Connection {
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
         let (shutdown, too_slow) = (self.shutdown.clone(), self.too_slow.clone());
+        let kicked = session.kicked.clone();
         loop {
             let step = tokio::select! {
                 // Events first: a busy room must not be starved by a client that keeps typing.
                 biased;
-                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = shutdown.cancelled() => {
+                    // Every message the client sent is answered — echoed or refused — before the
+                    // drain notice: an acknowledgement in flight is not dropped.
+                    Box::pin(self.settle(session, &mut in_flight, &mut inbox)).await;
+                    Err(End::Shutdown)
+                }
+                _ = kicked.cancelled() => Err(End::Kicked),
                 _ = too_slow.cancelled() => Err(End::TooSlow),
                 _ = inbox.rx.recv_many(&mut events, WRITE_BATCH) => Box::pin(self.write_events(session, &mut events)).await,
                 Some(acked) = in_flight.next() => match acked {
@@ -159,6 +187,33 @@ impl Connection {
             if let Err(end) = step {
                 return end;
             }
+        }
+    }
+
+    /// Waits (bounded) for the client's messages still being stored, writing their echoes and
+    /// errors as they come.
+    async fn settle(
+        &mut self,
+        session: &mut Session,
+        in_flight: &mut FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>>,
+        inbox: &mut Inbox,
+    ) {
+        self.draining = true;
+        let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+            while let Some(acked) = in_flight.next().await {
+                if let Err(e) = acked {
+                    self.write_error(session, &e).await?;
+                }
+            }
+            let mut events = Vec::new();
+            while let Ok(event) = inbox.rx.try_recv() {
+                events.push(event);
+            }
+            self.write_events(session, &mut events).await
+        })
+        .await;
+        if settled.is_err() {
+            tracing::warn!(session = %session.id, pending = in_flight.len(), "drain gave up waiting for messages being stored");
         }
     }
 
@@ -219,15 +274,25 @@ impl Connection {
     async fn write_events(
         &mut self,
         session: &mut Session,
-        events: &mut Vec<Arc<Broadcast>>,
+        events: &mut Vec<Delivery>,
     ) -> Result<(), End> {
         let mut out = Vec::new();
         let mut accepted_at = Vec::new();
-        for event in events.drain(..).filter(|e| session.admit(&e.event)) {
-            if let Event::Message(m) = &event.event {
-                accepted_at.push(m.created_at);
+        for delivery in events.drain(..) {
+            match session.admit(&delivery) {
+                Some(Show::Event(event)) => {
+                    if let Event::Message(m) = &event.event {
+                        accepted_at.push(m.created_at);
+                    }
+                    out.extend_from_slice(event.line());
+                }
+                Some(Show::Reset { .. }) => {
+                    out.extend_from_slice(SKIPPED.as_bytes());
+                    out.push(b'\n');
+                }
+                // A TCP session is never moved by anyone else.
+                Some(Show::Moved(_)) | None => {}
             }
-            out.extend_from_slice(event.line());
         }
         if events.capacity() > IDLE_BATCH_CAPACITY {
             *events = Vec::new();
@@ -249,6 +314,12 @@ impl Connection {
     /// Writes bytes unless the connection is being stopped meanwhile (shutdown, or too slow: a
     /// client that stopped reading must not hold this task in a write forever).
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        if self.draining {
+            return match tokio::time::timeout(NOTICE_TIMEOUT, self.stream.write_all(bytes)).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(End::Client),
+            };
+        }
         tokio::select! {
             written = self.stream.write_all(bytes) => written.map_err(|_| End::Client),
             _ = self.shutdown.cancelled() => Err(End::Shutdown),

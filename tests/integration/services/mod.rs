@@ -42,3 +42,34 @@ pub fn chown_tree(path: &Path, ids: (u32, u32)) {
         }
     }
 }
+
+/// Sends `signal` (e.g. "-STOP") to processes the suite started.
+pub fn signal(pids: &[u32], signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids.iter().map(u32::to_string))
+        .stderr(std::process::Stdio::null())
+        .status();
+    assert!(status.is_ok(), "kill {signal}");
+}
+
+/// `pid` and the processes whose parent it is (PostgreSQL's backends and workers).
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, so read after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid)
+            && let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+        {
+            pids.push(child);
+        }
+    }
+    pids
+}

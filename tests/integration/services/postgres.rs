@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{chown_tree, free_port, running_as_root, user_ids};
+use super::{chown_tree, free_port, running_as_root, signal, user_ids, with_children};
 
 const READY: &str = "database system is ready to accept connections";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,7 +88,11 @@ impl Postgres {
             for line in stderr.lines().map_while(Result::ok) {
                 if line.contains(READY) {
                     let _ = ready_tx.send(Ok(()));
-                } else if line.contains("FATAL") || line.contains("could not") {
+                } else if (line.contains("FATAL") || line.contains("could not"))
+                    // Clients knocking while crash recovery runs are turned away: not a failure.
+                    && !line.contains("the database system is starting up")
+                    && !line.contains("the database system is not yet accepting connections")
+                {
                     let _ = ready_tx.send(Err(line));
                 }
             }
@@ -105,11 +109,32 @@ impl Postgres {
     /// Stops the server (fast shutdown), keeping its data for `resume`.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.server.take() {
+            // A paused server must run again to shut down.
+            signal(&with_children(child.id()), "-CONT");
             let _ = Command::new("kill")
                 .arg("-INT")
                 .arg(child.id().to_string())
                 .status();
             let _ = child.wait();
+        }
+    }
+
+    /// Stops the server in immediate mode (`pg_ctl stop -m immediate`): a crash, with recovery
+    /// on the next `resume`.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            signal(&[child.id()], "-QUIT");
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server and every backend, as a stalled host would.
+    pub fn pause(&self, frozen: bool) {
+        if let Some(child) = &self.server {
+            signal(
+                &with_children(child.id()),
+                if frozen { "-STOP" } else { "-CONT" },
+            );
         }
     }
 

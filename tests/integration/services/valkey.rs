@@ -75,8 +75,16 @@ impl Valkey {
 
     pub fn stop(&mut self) {
         if let Some(mut child) = self.server.take() {
+            super::signal(&[child.id()], "-CONT");
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    pub fn pause(&self, frozen: bool) {
+        if let Some(child) = &self.server {
+            super::signal(&[child.id()], if frozen { "-STOP" } else { "-CONT" });
         }
     }
 

@@ -1,0 +1,110 @@
+//! The Valkey (Redis-protocol) bus, presence and session store: what makes N replicas one chat
+//! server.
+//!
+//! - [`stream`]: envelopes travel on one Valkey stream (`bus`, capped), which every pod reads
+//!   from its last entry id. A reader that fell behind or reconnected goes on from where it was;
+//!   when entries may have been lost (a Valkey restart, a trim past the reader) the core is told
+//!   to resync, and repairs from the sources of truth.
+//! - [`presence`]: nickname claims (`nick:<name>`) and who is in which room, renewed by a
+//!   heartbeat that rewrites this pod's whole state, so that it comes back after an outage; a
+//!   recovery window keeps newcomers from taking live users' names meanwhile.
+//! - [`sessions`]: HTTP session records, versioned for compare-and-set, with per-session locks
+//!   and an expiry schedule that hands each expired session to exactly one pod.
+//!
+//! It never reads the store and never calls into the core.
+
+mod presence;
+mod sessions;
+mod stream;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::model::SessionId;
+use crate::core::ports::{BusError, Inbound};
+use presence::Local;
+
+/// A command not answered in this long fails (the caller reports the bus unavailable); Valkey
+/// answers in well under a millisecond when it is up.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn failed(doing: &'static str) -> impl FnOnce(fred::error::Error) -> BusError {
+    move |e| BusError::Unavailable(format!("{doing}: {e}"))
+}
+
+pub struct ValkeyBus {
+    /// Commands, pipelined on one connection.
+    client: Client,
+    /// The stream reader's own connection: its blocking reads would hold up other commands.
+    reader: Client,
+    instance: String,
+    presence_ttl: Duration,
+    /// This pod's claims and presence entries: what the heartbeat writes back every time.
+    local: Mutex<Local>,
+    inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
+    revoked: Mutex<Option<mpsc::Sender<SessionId>>>,
+}
+
+fn new_client(url: &str, command_timeout: Duration) -> Result<Client, BusError> {
+    let config = Config::from_url(url).map_err(failed("VALKEY_URL"))?;
+    let mut builder = Builder::from_config(config);
+    // Keep trying for ever: the pod stays up (not ready) through a Valkey outage.
+    builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(5));
+    // Without it a command issued while Valkey is unreachable waits for the reconnect, however
+    // long: a user's /list would hang, and so would a drain.
+    builder.with_performance_config(|c| c.default_command_timeout = command_timeout);
+    builder
+        .build()
+        .map_err(failed("building the Valkey client"))
+}
+
+impl ValkeyBus {
+    pub async fn connect(
+        url: &str,
+        instance: &str,
+        presence_ttl: Duration,
+    ) -> Result<Arc<ValkeyBus>, BusError> {
+        let client = new_client(url, COMMAND_TIMEOUT)?;
+        let reader = new_client(url, stream::BLOCK + COMMAND_TIMEOUT)?;
+        client
+            .init()
+            .await
+            .map_err(failed("connecting to Valkey"))?;
+        reader
+            .init()
+            .await
+            .map_err(failed("connecting to Valkey"))?;
+        let bus = Arc::new(ValkeyBus {
+            client,
+            reader,
+            instance: instance.to_owned(),
+            presence_ttl,
+            local: Mutex::new(Local::default()),
+            inbound: Mutex::new(None),
+            revoked: Mutex::new(None),
+        });
+        // Present before serving anyone: this pod's heartbeat is what tells a fresh Valkey from
+        // one that lost live users' claims.
+        bus.heartbeat().await?;
+        Ok(bus)
+    }
+
+    /// Reads the stream, renews presence and retries failed releases, until `shutdown`; then
+    /// removes this pod's presence.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::join!(
+            self.clone().read_stream(shutdown.clone()),
+            self.clone().keep_presence(shutdown.clone()),
+        );
+        self.leave().await;
+    }
+
+    fn lock_local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,531 @@
+//! Nickname claims and room presence, cluster-wide.
+//!
+//! - A claim is `nick:<name>` = `<session>|<nick>`. A TCP user's claim lives PRESENCE_TTL and is
+//!   renewed by its pod's heartbeat, so it goes within PRESENCE_TTL of its pod's death; an HTTP
+//!   session's lives as long as the session.
+//! - Presence is one hash per pod (`presence:<pod>`: nick → room), rewritten whole from the pod's
+//!   own state by every heartbeat, and `presence:sessions` for HTTP sessions.
+//! - After Valkey lost its state (a restart) or went unrenewed for PRESENCE_TTL (a long outage),
+//!   the first heartbeat of a pod with users — or the first claim — opens a recovery window of
+//!   PRESENCE_TTL during which new claims wait: every live user's claim is back before anyone
+//!   else can take the name.
+//! - Lease discipline: a pod that could not renew its claims for nearly PRESENCE_TTL can no longer
+//!   vouch for them (others may be about to see them expire): it disconnects those users rather
+//!   than let two sessions hold one name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ValkeyBus, failed};
+use crate::core::model::SessionId;
+use crate::core::names::{Nickname, RoomName};
+use crate::core::ports::{BusError, Claim, Holder, Presence};
+
+const PODS: &str = "pods";
+/// Presence of HTTP sessions (nick -> room), cluster-wide: entries leave when the session closes.
+const SESSION_PRESENCE: &str = "presence:sessions";
+/// When any pod last renewed its presence (milliseconds, Valkey's clock).
+const BEAT: &str = "presence:beat";
+/// Present while live users re-register after Valkey lost their claims.
+const RECOVERING: &str = "presence:recovering";
+/// An HTTP session's claim outlives its logical expiry by this much, so the pod that closes it
+/// can still release it.
+pub(super) const SESSION_GRACE: Duration = Duration::from_secs(300);
+
+/// Claims `KEYS[1]` for session `ARGV[3]` (value `ARGV[1]`, for `ARGV[2]` ms): 1 granted, 0 taken,
+/// -1 recovering. Opens the recovery window first if nobody renewed presence for `ARGV[4]` ms.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         local beat = tonumber(redis.call('GET', KEYS[2]) or '0')
+         if now - beat > tonumber(ARGV[4]) then
+           redis.call('SET', KEYS[3], '1', 'PX', ARGV[5], 'NX')
+           redis.call('SET', KEYS[2], tostring(now))
+         end
+         local current = redis.call('GET', KEYS[1])
+         if current then
+           if string.sub(current, 1, string.len(ARGV[3]) + 1) == ARGV[3] .. '|' then
+             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+             return 1
+           end
+           return 0
+         end
+         if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+         return 1",
+    )
+});
+
+/// Releases claim `KEYS[1]` if session `ARGV[1]` holds it, and its presence entry `ARGV[2]` in
+/// the hashes `KEYS[2..]`.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local current = redis.call('GET', KEYS[1])
+         if current and string.sub(current, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
+           redis.call('DEL', KEYS[1])
+           for i = 2, #KEYS do redis.call('HDEL', KEYS[i], ARGV[2]) end
+         end
+         return 1",
+    )
+});
+
+/// A pod's heartbeat: marks presence renewed (opening the recovery window first if it had lapsed
+/// and this pod has users to re-register), renews or re-registers its `ARGV[6]` claims (keys
+/// `KEYS[5..]`, values `ARGV[7..]`), rewrites its presence hash `KEYS[3]` from the field/value
+/// pairs after them, and returns the claims another session holds now.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         local beat = tonumber(redis.call('GET', KEYS[1]) or '0')
+         if ARGV[5] == '1' and now - beat > tonumber(ARGV[1]) then
+           redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+         end
+         redis.call('SET', KEYS[1], tostring(now))
+         local claims = tonumber(ARGV[6])
+         local lost = {}
+         for i = 1, claims do
+           local key, value = KEYS[4 + i], ARGV[6 + i]
+           local current = redis.call('GET', key)
+           if current == value then
+             redis.call('PEXPIRE', key, ARGV[3])
+           elseif not current then
+             redis.call('SET', key, value, 'PX', ARGV[3])
+           else
+             table.insert(lost, key)
+           end
+         end
+         redis.call('DEL', KEYS[3])
+         local fields = {}
+         for i = 7 + claims, #ARGV do
+           table.insert(fields, ARGV[i])
+           if #fields == 1000 then
+             redis.call('HSET', KEYS[3], unpack(fields))
+             fields = {}
+           end
+         end
+         if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
+         redis.call('PEXPIRE', KEYS[3], ARGV[3])
+         redis.call('SADD', KEYS[4], ARGV[4])
+         return lost",
+    )
+});
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    nick: Nickname,
+    room: Option<RoomName>,
+}
+
+/// A claim this pod renews.
+struct Held {
+    session: SessionId,
+    nick: Nickname,
+    room: Option<RoomName>,
+}
+
+#[derive(Default)]
+pub(super) struct Local {
+    /// This pod's TCP users' claims, by claim key.
+    claims: HashMap<String, Held>,
+    /// Releases that failed (Valkey unreachable), retried by the heartbeat.
+    releases: Vec<(Nickname, SessionId)>,
+    /// When the last heartbeat that succeeded began.
+    renewed: Option<Instant>,
+}
+
+pub(super) fn claim_key(nick: &Nickname) -> String {
+    format!("nick:{}", nick.key())
+}
+
+/// What a nickname's key holds while `session` has it.
+pub(super) fn claim_value(nick: &Nickname, session: SessionId) -> String {
+    format!("{session}|{nick}")
+}
+
+fn entry(nick: &Nickname, room: Option<&RoomName>) -> String {
+    serde_json::to_string(&Entry {
+        nick: nick.clone(),
+        room: room.cloned(),
+    })
+    .expect("serializable")
+}
+
+impl ValkeyBus {
+    fn presence_key(&self) -> String {
+        format!("presence:{}", self.instance)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.presence_ttl.as_millis().max(1000) as u64
+    }
+
+    /// Renews this pod's claims and rewrites its presence (see [`HEARTBEAT`]); then retries
+    /// releases that failed before.
+    pub(super) async fn heartbeat(&self) -> Result<(), BusError> {
+        let began = Instant::now();
+        let (keys, values, fields) = {
+            let local = self.lock_local();
+            let mut keys = Vec::with_capacity(local.claims.len());
+            let mut values = Vec::with_capacity(local.claims.len());
+            let mut fields = Vec::with_capacity(local.claims.len() * 2);
+            for (key, held) in &local.claims {
+                keys.push(key.clone());
+                values.push(claim_value(&held.nick, held.session));
+                fields.push(held.nick.key());
+                fields.push(entry(&held.nick, held.room.as_ref()));
+            }
+            (keys, values, fields)
+        };
+        let ttl = self.ttl_ms();
+        let mut all_keys = vec![
+            BEAT.to_owned(),
+            RECOVERING.to_owned(),
+            self.presence_key(),
+            PODS.to_owned(),
+        ];
+        all_keys.extend(keys.iter().cloned());
+        let mut args: Vec<String> = vec![
+            ttl.to_string(),
+            ttl.to_string(),
+            ttl.to_string(),
+            self.instance.clone(),
+            if keys.is_empty() { "0" } else { "1" }.to_owned(),
+            keys.len().to_string(),
+        ];
+        args.extend(values);
+        args.extend(fields);
+        let lost: Vec<String> = HEARTBEAT
+            .evalsha_with_reload(&self.client, all_keys, args)
+            .await
+            .map_err(failed("heartbeat"))?;
+        let revoked: Vec<SessionId> = {
+            let mut local = self.lock_local();
+            local.renewed = Some(began);
+            lost.iter()
+                .filter_map(|key| local.claims.remove(key))
+                .map(|held| held.session)
+                .collect()
+        };
+        for session in revoked {
+            tracing::warn!(%session, "a live user's nickname was taken while presence was down; disconnecting it");
+            self.revoke(session);
+        }
+        let pending = std::mem::take(&mut self.lock_local().releases);
+        for (nick, session) in pending {
+            if let Err(e) = self.try_release(&nick, session).await {
+                tracing::debug!(error = %e, %nick, "releasing a nickname failed again");
+                self.lock_local().releases.push((nick, session));
+            }
+        }
+        Ok(())
+    }
+
+    fn revoke(&self, session: SessionId) {
+        if let Some(revoked) = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = revoked.try_send(session);
+        }
+    }
+
+    /// Heartbeats every PRESENCE_TTL/3 (at once after a reconnect) and watches the lease, until
+    /// `shutdown`.
+    pub(super) async fn keep_presence(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut beat = tokio::time::interval(self.presence_ttl / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = tokio::time::interval(Duration::from_millis(250));
+        let mut reconnects = self.client.reconnect_rx();
+        // Claims must be given up this long before they could expire elsewhere.
+        let margin = (self.presence_ttl / 6).max(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = beat.tick() => {}
+                Ok(_) = reconnects.recv() => tracing::info!("reconnected to Valkey; re-registering presence"),
+                _ = lease.tick() => {
+                    self.check_lease(margin);
+                    continue;
+                }
+            }
+            if let Err(e) = self.heartbeat().await {
+                tracing::warn!(error = %e, "presence heartbeat failed");
+            }
+        }
+    }
+
+    /// Disconnects this pod's users when their claims may be about to expire unrenewed.
+    fn check_lease(&self, margin: Duration) {
+        let revoked: Vec<SessionId> = {
+            let mut local = self.lock_local();
+            let Some(renewed) = local.renewed else { return };
+            if local.claims.is_empty() || renewed.elapsed() + margin < self.presence_ttl {
+                return;
+            }
+            tracing::warn!(
+                users = local.claims.len(),
+                "presence not renewed for {:?}: disconnecting this pod's users, whose nicknames may soon be free",
+                renewed.elapsed()
+            );
+            local.claims.drain().map(|(_, held)| held.session).collect()
+        };
+        for session in revoked {
+            self.revoke(session);
+        }
+    }
+
+    /// On shutdown: this pod's users are gone now, not in PRESENCE_TTL. One round trip; with
+    /// Valkey unreachable it fails after the command timeout and the entries expire anyway.
+    pub(super) async fn leave(&self) {
+        let pipeline = self.client.pipeline();
+        let _: Result<(), _> = pipeline.del(self.presence_key()).await;
+        let _: Result<(), _> = pipeline.srem(PODS, self.instance.as_str()).await;
+        let _: Result<Vec<Value>, _> = pipeline.all().await;
+    }
+
+    async fn try_release(&self, nick: &Nickname, session: SessionId) -> Result<(), BusError> {
+        let _: i64 = RELEASE
+            .evalsha_with_reload(
+                &self.client,
+                vec![
+                    claim_key(nick),
+                    self.presence_key(),
+                    SESSION_PRESENCE.to_owned(),
+                ],
+                vec![session.to_string(), nick.key()],
+            )
+            .await
+            .map_err(failed("releasing a nickname"))?;
+        Ok(())
+    }
+
+    /// Every pod's presence entries, and the HTTP sessions'.
+    async fn everyone(&self) -> Result<Vec<Entry>, BusError> {
+        let pods: Vec<String> = self
+            .client
+            .smembers(PODS)
+            .await
+            .map_err(failed("listing pods"))?;
+        let mut everyone = Vec::new();
+        for pod in pods {
+            let entries: HashMap<String, String> = self
+                .client
+                .hgetall(format!("presence:{pod}"))
+                .await
+                .map_err(failed("reading presence"))?;
+            if entries.is_empty() && pod != self.instance {
+                // Its presence expired: the pod is gone.
+                let _: () = self
+                    .client
+                    .srem(PODS, pod.as_str())
+                    .await
+                    .map_err(failed("forgetting a pod"))?;
+            }
+            everyone.extend(
+                entries
+                    .values()
+                    .filter_map(|v| serde_json::from_str::<Entry>(v).ok()),
+            );
+        }
+        everyone.extend(self.session_presence().await?);
+        Ok(everyone)
+    }
+
+    /// HTTP sessions' presence. An entry whose claim has lapsed belongs to a session that ended
+    /// without being closed (every pod down past its expiry): it is dropped here.
+    async fn session_presence(&self) -> Result<Vec<Entry>, BusError> {
+        let entries: Vec<(String, String)> = self
+            .client
+            .hgetall::<HashMap<String, String>, _>(SESSION_PRESENCE)
+            .await
+            .map_err(failed("reading presence"))?
+            .into_iter()
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claims: Vec<Option<String>> = self
+            .client
+            .mget(
+                entries
+                    .iter()
+                    .map(|(key, _)| format!("nick:{key}"))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(failed("reading presence"))?;
+        let mut present = Vec::new();
+        for ((key, entry), claim) in entries.into_iter().zip(claims) {
+            if claim.is_some() {
+                present.extend(serde_json::from_str::<Entry>(&entry).ok());
+            } else {
+                let _: i64 = self
+                    .client
+                    .hdel(SESSION_PRESENCE, key)
+                    .await
+                    .map_err(failed("dropping stale presence"))?;
+            }
+        }
+        Ok(present)
+    }
+}
+
+#[async_trait]
+impl Presence for ValkeyBus {
+    async fn claim(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<Claim, BusError> {
+        let key = claim_key(nick);
+        let ttl = match holder {
+            Holder::Pod => self.ttl_ms(),
+            Holder::Session(idle) => (idle + SESSION_GRACE).as_millis() as u64,
+        };
+        let granted: i64 = CLAIM
+            .evalsha_with_reload(
+                &self.client,
+                vec![key.clone(), BEAT.to_owned(), RECOVERING.to_owned()],
+                vec![
+                    claim_value(nick, session),
+                    ttl.to_string(),
+                    session.to_string(),
+                    self.ttl_ms().to_string(),
+                    self.ttl_ms().to_string(),
+                ],
+            )
+            .await
+            .map_err(failed("claiming a nickname"))?;
+        let claim = match granted {
+            1 => Claim::Granted,
+            0 => return Ok(Claim::Taken),
+            _ => return Ok(Claim::Recovering),
+        };
+        match holder {
+            Holder::Pod => {
+                let room = {
+                    let mut local = self.lock_local();
+                    // A respelling of the same name keeps its room.
+                    let room = local.claims.get(&key).and_then(|h| h.room.clone());
+                    local.claims.insert(
+                        key,
+                        Held {
+                            session,
+                            nick: nick.clone(),
+                            room: room.clone(),
+                        },
+                    );
+                    room
+                };
+                self.write_entry(nick, room.as_ref(), holder).await;
+            }
+            Holder::Session(_) => self.write_entry(nick, None, holder).await,
+        }
+        Ok(claim)
+    }
+
+    async fn release(&self, nick: &Nickname, session: SessionId) {
+        {
+            let mut local = self.lock_local();
+            let key = claim_key(nick);
+            if local.claims.get(&key).is_some_and(|h| h.session == session) {
+                // No longer renewed, from now: even if the release below fails, it lapses.
+                local.claims.remove(&key);
+            }
+        }
+        if let Err(e) = self.try_release(nick, session).await {
+            tracing::warn!(error = %e, %nick, "releasing a nickname failed; retrying with the heartbeat");
+            self.lock_local().releases.push((nick.clone(), session));
+        }
+    }
+
+    async fn set_room(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        room: Option<&RoomName>,
+        holder: Holder,
+    ) {
+        if holder == Holder::Pod {
+            let mut local = self.lock_local();
+            match local.claims.get_mut(&claim_key(nick)) {
+                Some(held) if held.session == session => held.room = room.cloned(),
+                _ => return,
+            }
+        }
+        self.write_entry(nick, room, holder).await;
+    }
+
+    async fn find_online(&self, nick: &Nickname) -> Result<Option<Nickname>, BusError> {
+        let claim: Option<String> = self
+            .client
+            .get(claim_key(nick))
+            .await
+            .map_err(failed("looking up a nickname"))?;
+        Ok(claim
+            .and_then(|c| c.split_once('|').map(|(_, nick)| nick.to_owned()))
+            .and_then(|n| Nickname::parse(&n).ok()))
+    }
+
+    async fn online_users(&self) -> Result<Vec<Nickname>, BusError> {
+        Ok(self.everyone().await?.into_iter().map(|p| p.nick).collect())
+    }
+
+    async fn room_members(&self, room: &RoomName) -> Result<Vec<Nickname>, BusError> {
+        Ok(self
+            .everyone()
+            .await?
+            .into_iter()
+            .filter(|p| p.room.as_ref() == Some(room))
+            .map(|p| p.nick)
+            .collect())
+    }
+
+    async fn room_counts(&self) -> Result<HashMap<RoomName, usize>, BusError> {
+        let mut counts = HashMap::new();
+        for room in self.everyone().await?.into_iter().filter_map(|p| p.room) {
+            *counts.entry(room).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    fn revoked(&self) -> mpsc::Receiver<SessionId> {
+        let (tx, rx) = mpsc::channel(1024);
+        *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+}
+
+impl ValkeyBus {
+    /// Writes one presence entry now. Best effort: a pod's entries are rewritten by every
+    /// heartbeat anyway, and an HTTP session's by its next request.
+    async fn write_entry(&self, nick: &Nickname, room: Option<&RoomName>, holder: Holder) {
+        let hash = match holder {
+            Holder::Pod => self.presence_key(),
+            Holder::Session(_) => SESSION_PRESENCE.to_owned(),
+        };
+        let pipeline = self.client.pipeline();
+        let _: Result<(), _> = pipeline.hset(&hash, (nick.key(), entry(nick, room))).await;
+        if holder == Holder::Pod {
+            let _: Result<(), _> = pipeline.pexpire(&hash, self.ttl_ms() as i64, None).await;
+            let _: Result<(), _> = pipeline.sadd(PODS, self.instance.as_str()).await;
+        }
+        if let Err(e) = pipeline.all::<Vec<Value>>().await {
+            tracing::debug!(error = %e, %nick, "writing presence failed; the heartbeat will");
+        }
+    }
+}

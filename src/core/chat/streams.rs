@@ -1,0 +1,153 @@
+//! Event streams for clients that cannot hold a socket open both ways (SSE): one room's events,
+//! or everything an HTTP session would see, and where each starts — live, resumed after the last
+//! seq the client saw, or, when that position does not exist in the room, from a reset.
+//!
+//! A resume never silently skips (SPEC §4): a position beyond the room's last seq, below the
+//! oldest still stored, or (for a session's stream) from before the session joined its room gets
+//! a reset, then the room's history, then the live stream.
+
+use std::sync::Arc;
+
+use super::Chat;
+use crate::core::error::Error;
+use crate::core::feed::Feeds;
+use crate::core::model::{Delivery, Position, Room, SessionId, SessionRecord};
+use crate::core::names::RoomName;
+use crate::core::outbox::{Inbox, Outbox, queue};
+
+/// A resume further behind than this starts from a reset instead of replaying everything.
+const MAX_CATCH_UP: i64 = 10_000;
+
+pub struct EventStream {
+    pub inbox: Inbox,
+    /// The room it starts in and the last seq there counted as shown (the `connected` event).
+    pub start: Position,
+    _route: Route,
+}
+
+/// Removes the stream's routes when the stream is dropped (the client went away, or the server
+/// is draining), whatever the reason.
+enum Route {
+    Room {
+        feeds: Arc<Feeds>,
+        room: RoomName,
+        id: SessionId,
+    },
+    Session {
+        feeds: Arc<Feeds>,
+        session: SessionId,
+        id: SessionId,
+    },
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        match self {
+            Route::Room { feeds, room, id } => feeds.leave(room, *id),
+            Route::Session { feeds, session, id } => feeds.unfollow(*session, *id),
+        }
+    }
+}
+
+impl Chat {
+    /// A stream of one room's messages and events for `viewer`; with `resume`, first every message
+    /// after that seq.
+    pub async fn open_room_stream(
+        &self,
+        viewer: SessionId,
+        room: &Room,
+        resume: Option<i64>,
+    ) -> Result<EventStream, Error> {
+        let (outbox, inbox) = queue(SessionId::random(), viewer, self.limits.send_queue);
+        let route = Route::Room {
+            feeds: self.feeds.clone(),
+            room: room.name.clone(),
+            id: outbox.id,
+        };
+        let from = match resume {
+            None => self.feeds.position(room).await?,
+            Some(after) => self.resume_at(room, after, None, &outbox).await?,
+        };
+        self.feeds.attach(room, outbox, from).await?;
+        Ok(EventStream {
+            inbox,
+            start: Position {
+                room: Some(room.name.clone()),
+                seen: from,
+            },
+            _route: route,
+        })
+    }
+
+    /// A stream of everything an HTTP session would see on TCP: its room's messages and events
+    /// (following it from room to room), and its direct messages. Without `resume` it starts
+    /// where the session's join left it.
+    pub async fn open_session_stream(
+        &self,
+        record: &SessionRecord,
+        resume: Option<i64>,
+    ) -> Result<EventStream, Error> {
+        let (outbox, inbox) = queue(SessionId::random(), record.id, self.limits.send_queue);
+        let route = Route::Session {
+            feeds: self.feeds.clone(),
+            session: record.id,
+            id: outbox.id,
+        };
+        let from = match &record.room {
+            Some(room) => {
+                let after = resume.unwrap_or(record.seen);
+                self.resume_at(room, after, Some(record.seen), &outbox)
+                    .await?
+            }
+            None => 0,
+        };
+        self.feeds
+            .follow(&record.nick, record.room.as_ref(), from, outbox)
+            .await?;
+        Ok(EventStream {
+            inbox,
+            start: Position {
+                room: record.room.as_ref().map(|r| r.name.clone()),
+                seen: from,
+            },
+            _route: route,
+        })
+    }
+
+    /// Where a stream resuming after `after` in `room` starts: `after` itself when the room can
+    /// have it (not below `lowest`, nor below the oldest message still stored, nor past the last,
+    /// nor too far behind); otherwise a reset is queued and it starts from the room's history.
+    async fn resume_at(
+        &self,
+        room: &Room,
+        after: i64,
+        lowest: Option<i64>,
+        outbox: &Outbox,
+    ) -> Result<i64, Error> {
+        let tail = self
+            .store
+            .room_tails(&[room.id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(Error::NoSuchRoom(room.name.to_string()))?;
+        let possible = after <= tail.last_seq
+            && after >= tail.first_seq - 1
+            && after >= lowest.unwrap_or(0)
+            && tail.last_seq - after <= MAX_CATCH_UP;
+        if possible {
+            return Ok(after);
+        }
+        // The room's history, then live: the newest HISTORY_SIZE that are still stored.
+        let history = self.feeds.history(room).await?.0;
+        let next = history
+            .first()
+            .map_or(tail.last_seq + 1, |m| m.seq)
+            .max(tail.first_seq);
+        outbox.push(Delivery::Reset {
+            room: room.name.clone(),
+            next,
+        });
+        Ok(next - 1)
+    }
+}

@@ -1,0 +1,122 @@
+//! Routes that do not belong to one room: direct messages by nickname, and the streams that
+//! follow an HTTP session from room to room.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::core::model::{Broadcast, Room, SessionId};
+use crate::core::names::{Nickname, RoomName};
+use crate::core::outbox::Outbox;
+
+#[derive(Default)]
+pub(super) struct Directory {
+    /// Who receives direct messages to a nickname on this pod.
+    users: HashMap<Nickname, Vec<Outbox>>,
+    /// Streams following a session, by the session's id.
+    followers: HashMap<SessionId, Vec<Follower>>,
+}
+
+struct Follower {
+    outbox: Outbox,
+    nick: Nickname,
+    room: Option<RoomName>,
+    /// Bumped at every move, so that a move still being carried out when the next one comes is
+    /// abandoned.
+    generation: u64,
+}
+
+impl Directory {
+    pub fn register(&mut self, nick: &Nickname, outbox: &Outbox) {
+        let receivers = self.users.entry(nick.clone()).or_default();
+        receivers.retain(|r| r.id != outbox.id);
+        receivers.push(outbox.clone());
+    }
+
+    pub fn unregister(&mut self, nick: &Nickname, id: SessionId) {
+        if let Some(receivers) = self.users.get_mut(nick) {
+            receivers.retain(|r| r.id != id);
+            if receivers.is_empty() {
+                self.users.remove(nick);
+            }
+        }
+    }
+
+    /// Queues a direct message for every receiver of `to`.
+    pub fn direct(&mut self, to: &Nickname, event: &Arc<Broadcast>) {
+        if let Some(receivers) = self.users.get_mut(to) {
+            receivers.retain(|r| r.push_event(event));
+        }
+    }
+
+    /// Starts following `outbox.session` with this stream. Returns its generation.
+    pub fn follow(&mut self, nick: &Nickname, room: Option<&Room>, outbox: &Outbox) -> u64 {
+        self.register(nick, outbox);
+        self.followers
+            .entry(outbox.session)
+            .or_default()
+            .push(Follower {
+                outbox: outbox.clone(),
+                nick: nick.clone(),
+                room: room.map(|r| r.name.clone()),
+                generation: 0,
+            });
+        0
+    }
+
+    /// Stops following; returns the room the stream was in.
+    pub fn unfollow(&mut self, session: SessionId, id: SessionId) -> Option<RoomName> {
+        let followers = self.followers.get_mut(&session)?;
+        let at = followers.iter().position(|f| f.outbox.id == id)?;
+        let follower = followers.swap_remove(at);
+        if followers.is_empty() {
+            self.followers.remove(&session);
+        }
+        self.unregister(&follower.nick, id);
+        follower.room
+    }
+
+    /// The session moved: each stream of it takes the new nickname for DMs. Returns, for every
+    /// stream whose room changed, its queue, the room it leaves and its new generation.
+    pub fn moved(
+        &mut self,
+        session: SessionId,
+        nick: &Nickname,
+        room: Option<&Room>,
+    ) -> Vec<(Outbox, Option<RoomName>, u64)> {
+        let Some(followers) = self.followers.get_mut(&session) else {
+            return Vec::new();
+        };
+        let mut renamed = Vec::new();
+        let mut moved = Vec::new();
+        for follower in followers.iter_mut() {
+            if follower.nick.as_str() != nick.as_str() {
+                renamed.push((follower.nick.clone(), follower.outbox.clone()));
+                follower.nick = nick.clone();
+            }
+            let new = room.map(|r| r.name.clone());
+            if follower.room != new {
+                follower.generation += 1;
+                let old = std::mem::replace(&mut follower.room, new);
+                moved.push((follower.outbox.clone(), old, follower.generation));
+            }
+        }
+        for (old, outbox) in renamed {
+            self.unregister(&old, outbox.id);
+            self.register(nick, &outbox);
+        }
+        moved
+    }
+
+    /// The current generation of a follower, if it is still there.
+    pub fn generation(&self, session: SessionId, id: SessionId) -> Option<u64> {
+        self.followers
+            .get(&session)?
+            .iter()
+            .find(|f| f.outbox.id == id)
+            .map(|f| f.generation)
+    }
+
+    pub fn followed(&self) -> Vec<SessionId> {
+        self.followers.keys().copied().collect()
+    }
+}

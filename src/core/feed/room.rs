@@ -1,0 +1,490 @@
+//! One room's order on this pod: the state machine of a [`RoomFeed`], with no I/O.
+//!
+//! Messages reach a pod from three places — its own commits, the bus, and store reads that repair
+//! gaps — and in no guaranteed order: two pods committing to one room back to back publish
+//! concurrently. The feed hands its members each seq exactly once, in order. A message that
+//! arrives after a gap is held; the gap is filled from the store when the missing seqs do not
+//! follow within a short hold (the async side, in `feed::mod`, does the reading). The history
+//! ring is always the gap-free run ending at the last seq delivered, so a joiner's history block
+//! and its live messages meet exactly.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::core::model::{Broadcast, ChatMessage, Delivery, Room, SessionId};
+use crate::core::outbox::Outbox;
+
+/// How long a message after a gap waits for the missing seqs before they are read from the store.
+/// Far above the publish skew between replicas (well under a millisecond on an idle machine), far
+/// below a delay a reader would notice.
+pub const HOLD: Duration = Duration::from_millis(50);
+
+/// Messages held after a gap, at most. Past this the newest are dropped: they are in the store,
+/// and the repair reads them back in order.
+const MAX_HELD: usize = 10_000;
+
+/// What a receiver's position needs before it can be fed live.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Attached: the ring held everything after its position and it has been queued.
+    Live,
+    /// The ring does not reach back to its position: read from the store after this seq first.
+    CatchUpFrom(i64),
+}
+
+pub struct RoomFeed {
+    pub room: Room,
+    /// The last seq handed to members; `None` until the first store read.
+    delivered: Option<i64>,
+    /// Messages that arrived ahead of `delivered + 1`, by seq.
+    held: BTreeMap<i64, Arc<Broadcast>>,
+    /// The newest seq the store is known to have (from a tail probe).
+    tail: i64,
+    /// Since when the oldest unfilled gap has been seen; the hold runs from here.
+    gap_since: Option<Instant>,
+    /// The newest messages delivered, oldest first, ending at `delivered`, without a gap.
+    ring: VecDeque<Arc<Broadcast>>,
+    ring_size: usize,
+    members: Vec<Outbox>,
+    /// A repair (a store read) is running or scheduled: at most one per room.
+    pub repairing: bool,
+}
+
+impl RoomFeed {
+    pub fn new(room: Room, ring_size: usize) -> Self {
+        RoomFeed {
+            room,
+            delivered: None,
+            held: BTreeMap::new(),
+            tail: 0,
+            gap_since: None,
+            ring: VecDeque::with_capacity(ring_size),
+            ring_size: ring_size.max(1),
+            members: Vec::new(),
+            repairing: false,
+        }
+    }
+
+    /// The last seq delivered, once the feed is loaded.
+    pub fn delivered(&self) -> Option<i64> {
+        self.delivered
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether every member's queue can take `n` more deliveries (a repair's next page).
+    pub fn members_have_room(&self, n: usize) -> bool {
+        self.members.iter().all(|m| !m.is_open() || m.can_take(n))
+    }
+
+    /// The first store read: the room's newest messages (oldest first) and its last seq. Whatever
+    /// arrived meanwhile and follows is delivered now.
+    pub fn load(&mut self, recent: Vec<ChatMessage>, last_seq: i64, now: Instant) {
+        self.delivered = Some(last_seq);
+        self.tail = self.tail.max(last_seq);
+        self.ring = recent
+            .into_iter()
+            .filter(|m| m.seq <= last_seq)
+            .map(Broadcast::message)
+            .collect();
+        while self.ring.len() > self.ring_size {
+            self.ring.pop_front();
+        }
+        // A ring must end at `delivered` without a gap, or be empty.
+        if self.ring.back().and_then(|m| m.seq()) != Some(last_seq) {
+            self.ring.clear();
+        }
+        self.release(now);
+    }
+
+    /// Admits a message from anywhere. Returns when a gap that needs a repair began (the hold's
+    /// end), if this admission opened one.
+    pub fn admit(&mut self, message: Arc<Broadcast>, now: Instant) -> Option<Instant> {
+        let seq = message.seq()?;
+        match self.delivered {
+            Some(delivered) if seq <= delivered => return None,
+            Some(delivered) if seq == delivered + 1 => {
+                self.deliver(message);
+                self.release(now);
+            }
+            _ => {
+                if self.held.len() < MAX_HELD {
+                    self.held.entry(seq).or_insert(message);
+                }
+                self.tail = self.tail.max(seq);
+            }
+        }
+        self.gap_opened(now)
+    }
+
+    /// Messages read from the store after `delivered`, oldest first.
+    pub fn fill(&mut self, messages: Vec<ChatMessage>, now: Instant) {
+        for message in messages {
+            self.admit(Broadcast::message(message), now);
+        }
+    }
+
+    /// A tail probe: the store's newest seq of the room. Returns the hold's end if this shows a
+    /// gap nothing else had shown.
+    pub fn probed(&mut self, last_seq: i64, now: Instant) -> Option<Instant> {
+        self.tail = self.tail.max(last_seq);
+        self.gap_opened(now)
+    }
+
+    /// The seqs missing now: everything after `.0` up to `.1`.
+    pub fn gap(&self) -> Option<(i64, i64)> {
+        let delivered = self.delivered?;
+        // Held messages always start beyond `delivered + 1`: `release` took the rest.
+        if let Some(&first) = self.held.keys().next() {
+            return Some((delivered, first - 1));
+        }
+        (self.tail > delivered).then_some((delivered, self.tail))
+    }
+
+    /// Whether a gap has outlived its hold.
+    pub fn gap_due(&self, now: Instant) -> bool {
+        self.gap().is_some() && self.gap_since.is_some_and(|since| since + HOLD <= now)
+    }
+
+    /// The store no longer has `after + 1 ..= up_to` (retention removed them): move past them,
+    /// telling members so, rather than wait for ever.
+    pub fn skip(&mut self, up_to: i64, now: Instant) {
+        let Some(delivered) = self.delivered else {
+            return;
+        };
+        if up_to <= delivered {
+            return;
+        }
+        self.delivered = Some(up_to);
+        self.ring.clear();
+        let reset = Delivery::Reset {
+            room: self.room.name.clone(),
+            next: up_to + 1,
+        };
+        self.members.retain(|m| m.push(reset.clone()));
+        self.release(now);
+    }
+
+    /// The newest `n` messages delivered, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<Arc<Broadcast>> {
+        let skip = self.ring.len().saturating_sub(n);
+        self.ring.iter().skip(skip).cloned().collect()
+    }
+
+    /// A new member's history block (the newest `history` messages, oldest first) and its
+    /// membership, in one step: nothing delivered later is in the block, nothing in it comes again.
+    pub fn join(&mut self, member: Outbox, history: usize) -> Vec<Arc<Broadcast>> {
+        self.members.retain(|m| m.id != member.id);
+        self.members.push(member);
+        self.recent(history)
+    }
+
+    /// Feeds `member` live from after `cursor`, queueing what the ring holds after it; or says
+    /// where a catch-up from the store must start.
+    pub fn attach(&mut self, member: Outbox, cursor: i64) -> Attach {
+        let Some(delivered) = self.delivered else {
+            return Attach::CatchUpFrom(cursor);
+        };
+        if cursor < delivered {
+            let oldest = self
+                .ring
+                .front()
+                .and_then(|m| m.seq())
+                .unwrap_or(delivered + 1);
+            if oldest > cursor + 1 {
+                return Attach::CatchUpFrom(cursor);
+            }
+            for message in self.ring.iter().filter(|m| m.seq() > Some(cursor)) {
+                if !member.push_event(message) {
+                    return Attach::Live;
+                }
+            }
+        }
+        self.members.retain(|m| m.id != member.id);
+        self.members.push(member);
+        Attach::Live
+    }
+
+    /// Removes a receiver. True when the feed has no member left.
+    pub fn leave(&mut self, id: SessionId) -> bool {
+        self.members.retain(|m| m.id != id);
+        self.members.is_empty()
+    }
+
+    /// A room event, to every member but the session it is about.
+    pub fn announce(&mut self, event: &Arc<Broadcast>, about: Option<SessionId>) {
+        self.members
+            .retain(|m| Some(m.session) == about || m.push_event(event));
+    }
+
+    fn deliver(&mut self, message: Arc<Broadcast>) {
+        self.delivered = message.seq();
+        self.tail = self.tail.max(self.delivered.unwrap_or_default());
+        // A member that is gone or too slow is dropped from the room here, once.
+        self.members.retain(|m| m.push_event(&message));
+        self.ring.push_back(message);
+        if self.ring.len() > self.ring_size {
+            self.ring.pop_front();
+        }
+    }
+
+    /// Delivers the held messages that now follow without a gap; forgets the ones already past.
+    fn release(&mut self, now: Instant) {
+        let Some(mut delivered) = self.delivered else {
+            return;
+        };
+        while let Some(entry) = self.held.first_entry() {
+            let seq = *entry.key();
+            if seq > delivered + 1 {
+                break;
+            }
+            let message = entry.remove();
+            if seq == delivered + 1 {
+                self.deliver(message);
+                delivered = seq;
+            }
+        }
+        if self.gap().is_none() {
+            self.gap_since = None;
+        } else {
+            self.gap_opened(now);
+        }
+    }
+
+    /// Starts the hold when a gap appears; returns its end then.
+    fn gap_opened(&mut self, now: Instant) -> Option<Instant> {
+        if self.gap().is_none() {
+            self.gap_since = None;
+            return None;
+        }
+        if self.gap_since.is_some() {
+            return None;
+        }
+        self.gap_since = Some(now);
+        Some(now + HOLD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Delivery, Event};
+    use crate::core::names::{Nickname, RoomName};
+    use crate::core::outbox::{Inbox, queue};
+    use time::OffsetDateTime;
+
+    fn room() -> Room {
+        Room {
+            id: 1,
+            name: RoomName::parse("general").unwrap(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn message(seq: i64) -> ChatMessage {
+        ChatMessage {
+            id: seq,
+            room: room().name,
+            seq,
+            user: Nickname::parse("alice").unwrap(),
+            content: format!("m{seq}"),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn member() -> (Outbox, Inbox) {
+        let id = SessionId::random();
+        queue(id, id, 64)
+    }
+
+    /// The seqs queued for a member so far.
+    fn received(inbox: &mut Inbox) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        while let Ok(delivery) = inbox.rx.try_recv() {
+            match delivery {
+                Delivery::Event(e) => seqs.extend(e.seq()),
+                Delivery::Reset { .. } => seqs.push(-1),
+                Delivery::Moved(_) => {}
+            }
+        }
+        seqs
+    }
+
+    /// A feed loaded at seq 4 (ring 3, 4) with one member.
+    fn at_four() -> (RoomFeed, Inbox, Instant) {
+        let now = Instant::now();
+        let mut feed = RoomFeed::new(room(), 3);
+        feed.load(vec![message(3), message(4)], 4, now);
+        let (outbox, inbox) = member();
+        feed.join(outbox, 10);
+        (feed, inbox, now)
+    }
+
+    fn admit(feed: &mut RoomFeed, seq: i64, now: Instant) -> Option<Instant> {
+        feed.admit(Broadcast::message(message(seq)), now)
+    }
+
+    #[test]
+    fn in_order_messages_pass_straight_through_and_duplicates_are_dropped() {
+        let (mut feed, mut inbox, now) = at_four();
+        assert_eq!(admit(&mut feed, 5, now), None);
+        admit(&mut feed, 6, now);
+        admit(&mut feed, 6, now);
+        admit(&mut feed, 3, now);
+        assert_eq!(received(&mut inbox), [5, 6]);
+        assert_eq!(feed.delivered(), Some(6));
+        assert_eq!(feed.gap(), None);
+    }
+
+    #[test]
+    fn out_of_order_arrivals_are_held_then_released_in_order() {
+        let (mut feed, mut inbox, now) = at_four();
+        assert_eq!(admit(&mut feed, 7, now), Some(now + HOLD));
+        assert_eq!(admit(&mut feed, 6, now), None, "the hold already runs");
+        assert_eq!(received(&mut inbox), Vec::<i64>::new());
+        assert_eq!(feed.gap(), Some((4, 5)));
+        admit(&mut feed, 5, now);
+        assert_eq!(received(&mut inbox), [5, 6, 7]);
+        assert_eq!(feed.gap(), None);
+        assert!(!feed.gap_due(now + HOLD));
+    }
+
+    #[test]
+    fn a_gap_is_due_for_repair_after_the_hold_and_a_fill_closes_it() {
+        let (mut feed, mut inbox, now) = at_four();
+        admit(&mut feed, 8, now);
+        assert!(!feed.gap_due(now));
+        assert!(feed.gap_due(now + HOLD));
+        assert_eq!(feed.gap(), Some((4, 7)));
+        feed.fill(vec![message(5), message(6), message(7), message(8)], now);
+        assert_eq!(received(&mut inbox), [5, 6, 7, 8]);
+        // The bus copy of a filled message arriving late is a repeat.
+        admit(&mut feed, 6, now);
+        assert_eq!(received(&mut inbox), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_probe_finds_a_lost_last_message_without_waiting_for_the_next() {
+        let (mut feed, mut inbox, now) = at_four();
+        assert_eq!(feed.probed(4, now), None);
+        assert_eq!(feed.probed(5, now), Some(now + HOLD));
+        assert_eq!(feed.gap(), Some((4, 5)));
+        feed.fill(vec![message(5)], now);
+        assert_eq!(received(&mut inbox), [5]);
+        assert_eq!(feed.gap(), None);
+    }
+
+    #[test]
+    fn messages_arriving_while_loading_are_held_and_released_after_the_store_read() {
+        let now = Instant::now();
+        let mut feed = RoomFeed::new(room(), 3);
+        let (outbox, mut inbox) = member();
+        feed.admit(Broadcast::message(message(6)), now);
+        feed.admit(Broadcast::message(message(5)), now);
+        feed.load(vec![message(4), message(5)], 5, now);
+        let history: Vec<i64> = feed
+            .join(outbox, 10)
+            .iter()
+            .filter_map(|m| m.seq())
+            .collect();
+        assert_eq!(history, [4, 5, 6], "the history ends at the last delivered");
+        admit(&mut feed, 7, now);
+        assert_eq!(received(&mut inbox), [7]);
+    }
+
+    #[test]
+    fn a_join_during_a_burst_gets_history_and_live_without_overlap_or_hole() {
+        let (mut feed, _first, now) = at_four();
+        for seq in 5..=9 {
+            admit(&mut feed, seq, now);
+        }
+        let (outbox, mut inbox) = member();
+        let history: Vec<i64> = feed
+            .join(outbox, 2)
+            .iter()
+            .filter_map(|m| m.seq())
+            .collect();
+        admit(&mut feed, 10, now);
+        assert_eq!(history, [8, 9]);
+        assert_eq!(received(&mut inbox), [10]);
+    }
+
+    #[test]
+    fn a_cursor_inside_the_ring_attaches_with_its_backlog_and_an_older_one_needs_a_catch_up() {
+        let (mut feed, _first, now) = at_four();
+        for seq in 5..=7 {
+            admit(&mut feed, seq, now);
+        }
+        // The ring (size 3) holds 5, 6, 7.
+        let (outbox, mut inbox) = member();
+        assert_eq!(feed.attach(outbox.clone(), 5), Attach::Live);
+        assert_eq!(received(&mut inbox), [6, 7]);
+        let (outbox, _inbox) = member();
+        assert_eq!(feed.attach(outbox, 3), Attach::CatchUpFrom(3));
+        // A cursor at or past the newest (a store read ran ahead) attaches with nothing queued.
+        let (outbox, mut inbox) = member();
+        assert_eq!(feed.attach(outbox, 9), Attach::Live);
+        admit(&mut feed, 8, now);
+        assert_eq!(
+            received(&mut inbox),
+            [8],
+            "its own view drops what it has seen"
+        );
+    }
+
+    #[test]
+    fn a_new_member_at_an_old_position_never_rewinds_the_room_for_the_others() {
+        let (mut feed, mut first, now) = at_four();
+        admit(&mut feed, 5, now);
+        let (outbox, _inbox) = member();
+        assert_eq!(feed.attach(outbox, 0), Attach::CatchUpFrom(0));
+        admit(&mut feed, 6, now);
+        assert_eq!(
+            received(&mut first),
+            [5, 6],
+            "nothing replayed to the members"
+        );
+        assert_eq!(feed.delivered(), Some(6));
+    }
+
+    #[test]
+    fn messages_the_store_no_longer_has_are_skipped_with_a_reset_not_waited_for() {
+        let (mut feed, mut inbox, now) = at_four();
+        admit(&mut feed, 9, now);
+        feed.skip(8, now);
+        assert_eq!(received(&mut inbox), [-1, 9]);
+        assert_eq!(feed.gap(), None);
+    }
+
+    #[test]
+    fn a_member_that_cannot_keep_up_is_dropped_from_the_room() {
+        let (mut feed, _first, now) = at_four();
+        let id = SessionId::random();
+        let (slow, inbox) = queue(id, id, 1);
+        feed.join(slow, 0);
+        admit(&mut feed, 5, now);
+        admit(&mut feed, 6, now);
+        assert!(inbox.too_slow.is_cancelled());
+        assert_eq!(feed.members.len(), 1);
+    }
+
+    #[test]
+    fn room_events_skip_the_session_they_are_about() {
+        let (mut feed, mut inbox, _) = at_four();
+        let about = SessionId::random();
+        let (outbox, mut own) = queue(SessionId::random(), about, 8);
+        feed.join(outbox, 0);
+        let event = Broadcast::new(Event::Room {
+            room: room().name,
+            text: "x".into(),
+        });
+        feed.announce(&event, Some(about));
+        assert!(own.rx.try_recv().is_err());
+        assert!(inbox.rx.try_recv().is_ok());
+    }
+}
