@@ -200,14 +200,14 @@ impl Sessions for LocalBus {
         }
     }
 
-    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError> {
+    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<Option<SessionRecord>, BusError> {
         let now = Instant::now();
         match self.state().sessions.get_mut(&id) {
-            Some((_, _, expires)) if *expires > now => {
+            Some((record, _, expires)) if *expires > now => {
                 *expires = now + ttl;
-                Ok(true)
+                Ok(Some(record.clone()))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
     }
 

@@ -17,6 +17,6 @@ pub mod outbox;
 pub mod ports;
 pub mod session;
 
-pub use chat::{Chat, EventStream, Limits, Ports, Reply};
+pub use chat::{Chat, EventStream, Limits, Ports, Reply, Resume};
 pub use error::Error;
 pub use session::{Session, Show, Transport};

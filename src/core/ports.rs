@@ -84,6 +84,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Each room's newest and oldest stored seq, in one call (the tail probe of every carried room).
     async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError>;
+
+    /// Names this store's history. It changes when the history is replaced — a restore from a
+    /// backup, a failover to a replica that may lack some of it — so that a position a client
+    /// kept from before (a seq) is known to mean nothing now.
+    async fn epoch(&self) -> Result<String, StoreError>;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -211,8 +216,9 @@ pub trait Sessions: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, BusError>;
 
-    /// Pushes a session's expiry `ttl` into the future. False when it is unknown or expired.
-    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError>;
+    /// Pushes a session's expiry `ttl` into the future; returns the session as it is now, or
+    /// `None` when it is unknown or expired.
+    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<Option<SessionRecord>, BusError>;
 
     async fn delete(&self, id: SessionId) -> Result<(), BusError>;
 

@@ -4,9 +4,11 @@
 //! connection, a failed query, a call that hung past `call_timeout`) open it. So does a pile-up: a
 //! call that finds `max_waiting` others already waiting counts as a failure without waiting
 //! itself. Open: calls fail at once, so clients get a fast "temporarily unavailable" instead of a
-//! slow one and the database gets room to recover. After `open_for` it half-opens: one call at a
+//! slow one and the database gets room to recover. After a while it half-opens: one call at a
 //! time goes through as a probe — every other fails fast meanwhile — and its success closes the
-//! breaker, its failure opens it again. The state machine is `failsafe`'s; the one-probe rule and
+//! breaker, its failure opens it again. It stays open half a second at first, doubling each time
+//! a probe fails, up to `open_for`: a database back after a short crash is used again within a
+//! second, one that stays down is not hammered. The state machine is `failsafe`'s; the one-probe rule and
 //! the timeout are added here.
 
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use failsafe::backoff::Constant;
 use failsafe::failure_policy::ConsecutiveFailures;
 use failsafe::futures::CircuitBreaker;
 use failsafe::{Config, StateMachine};
@@ -34,9 +35,30 @@ pub struct BreakerSettings {
     pub call_timeout: Duration,
 }
 
+/// How long the breaker stays open the first time.
+const FIRST_OPEN: Duration = Duration::from_millis(500);
+
 const CLOSED: u8 = 0;
 const HALF_OPEN: u8 = 1;
 const OPEN: u8 = 2;
+
+/// How long the breaker stays open each time in a row: `FIRST_OPEN`, doubling up to the
+/// configured most. (failsafe's own schedules cannot start below a second.)
+#[derive(Debug, Clone)]
+struct Doubling {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for Doubling {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let open = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(open)
+    }
+}
 
 /// Publishes the breaker's state (`chat_circuit_breaker_state`: 0 closed, 1 half-open, 2 open),
 /// keeps it for the one-probe rule, and logs each transition once.
@@ -72,7 +94,7 @@ impl failsafe::Instrument for Transitions {
 
 pub struct BreakerStore {
     inner: Arc<dyn Store>,
-    breaker: StateMachine<ConsecutiveFailures<Constant>, Transitions>,
+    breaker: StateMachine<ConsecutiveFailures<Doubling>, Transitions>,
     state: Arc<AtomicU8>,
     /// Held by the one call let through while the breaker is not closed.
     probing: AtomicBool,
@@ -83,7 +105,10 @@ pub struct BreakerStore {
 
 impl BreakerStore {
     pub fn new(inner: Arc<dyn Store>, settings: &BreakerSettings) -> Self {
-        let backoff = failsafe::backoff::constant(settings.open_for);
+        let backoff = Doubling {
+            next: FIRST_OPEN.min(settings.open_for),
+            max: settings.open_for,
+        };
         let policy = failsafe::failure_policy::consecutive_failures(settings.failures, backoff);
         let state = Arc::new(AtomicU8::new(CLOSED));
         metrics::gauge!(metric::BREAKER_STATE).set(0.0);
@@ -234,6 +259,10 @@ impl Store for BreakerStore {
     async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
         self.bounded(self.inner.room_tails(room_ids)).await
     }
+
+    async fn epoch(&self) -> Result<String, StoreError> {
+        self.bounded(self.inner.epoch()).await
+    }
 }
 
 #[cfg(test)]
@@ -241,110 +270,72 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    /// A store whose every call waits for `gate` and then fails.
-    struct Down(tokio::sync::Semaphore);
-
-    #[async_trait]
-    impl Store for Down {
-        async fn ping(&self) -> Result<(), StoreError> {
-            let _held = self.0.acquire().await;
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn upsert_user(&self, _: &Nickname) -> Result<UserId, StoreError> {
-            unimplemented!()
-        }
-        async fn create_room(&self, _: &RoomName) -> Result<Option<Room>, StoreError> {
-            unimplemented!()
-        }
-        async fn find_room(&self, _: &RoomName) -> Result<Option<Room>, StoreError> {
-            unimplemented!()
-        }
-        async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
-            unimplemented!()
-        }
-        async fn add_member(&self, _: i64, _: UserId) -> Result<(), StoreError> {
-            unimplemented!()
-        }
-        async fn append_messages(&self, _: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError> {
-            unimplemented!()
-        }
-        async fn messages_before(
-            &self,
-            _: i64,
-            _: Option<i64>,
-            _: usize,
-        ) -> Result<Vec<ChatMessage>, StoreError> {
-            unimplemented!()
-        }
-        async fn messages_after(
-            &self,
-            _: i64,
-            _: i64,
-            _: usize,
-        ) -> Result<Vec<ChatMessage>, StoreError> {
-            unimplemented!()
-        }
-        async fn room_tails(&self, _: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
-            unimplemented!()
-        }
-    }
-
-    fn settings(call_timeout: Duration) -> BreakerSettings {
-        BreakerSettings {
+    fn breaker(call_timeout: Duration) -> Arc<BreakerStore> {
+        let settings = BreakerSettings {
             failures: 2,
             open_for: Duration::from_millis(50),
             max_waiting: 100,
             call_timeout,
-        }
+        };
+        Arc::new(BreakerStore::new(Arc::new(MemoryStore::new(10)), &settings))
+    }
+
+    /// A call that fails after `gate` lets it.
+    async fn failing(gate: &tokio::sync::Semaphore) -> Result<(), StoreError> {
+        let _held = gate.acquire().await;
+        Err(StoreError::Unavailable("down".into()))
     }
 
     #[tokio::test]
     async fn half_open_admits_one_probe_and_fails_the_others_fast() {
-        let gate = Arc::new(Down(tokio::sync::Semaphore::new(100)));
-        let breaker = Arc::new(BreakerStore::new(
-            gate.clone(),
-            &settings(Duration::from_secs(5)),
-        ));
+        let breaker = breaker(Duration::from_secs(5));
+        let gate = Arc::new(tokio::sync::Semaphore::new(100));
         for _ in 0..2 {
-            assert!(breaker.ping().await.is_err());
+            assert!(breaker.guard(failing(&gate), None).await.is_err());
         }
-        assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
+        assert!(matches!(
+            breaker.guard(failing(&gate), None).await,
+            Err(StoreError::CircuitOpen)
+        ));
         tokio::time::sleep(Duration::from_millis(60)).await;
-        // The probe hangs (its gate is closed); every other call meanwhile fails at once.
-        gate.0.forget_permits(100);
+        // The probe hangs (its gate is shut); every other call meanwhile fails at once.
+        gate.forget_permits(100);
         let probe = tokio::spawn({
-            let breaker = breaker.clone();
-            async move { breaker.ping().await }
+            let (breaker, gate) = (breaker.clone(), gate.clone());
+            async move { breaker.guard(failing(&gate), None).await }
         });
-        tokio::task::yield_now().await;
         while !breaker.probing.load(Ordering::SeqCst) {
             tokio::task::yield_now().await;
         }
         let started = Instant::now();
         assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
         assert!(started.elapsed() < Duration::from_millis(50));
-        gate.0.add_permits(1);
+        gate.add_permits(1);
         assert!(probe.await.unwrap().is_err());
-    }
-
-    #[tokio::test]
-    async fn a_hung_call_counts_as_a_failure() {
-        let gate = Arc::new(Down(tokio::sync::Semaphore::new(0)));
-        let breaker = BreakerStore::new(gate, &settings(Duration::from_millis(20)));
-        assert!(matches!(
-            breaker.ping().await,
-            Err(StoreError::Unavailable(_))
-        ));
-        assert!(breaker.ping().await.is_err());
+        // The failed probe opened it again.
         assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
     }
 
     #[tokio::test]
-    async fn a_healthy_store_passes_through() {
-        let breaker = BreakerStore::new(
-            Arc::new(MemoryStore::new(10)),
-            &settings(Duration::from_secs(1)),
-        );
+    async fn a_hung_call_counts_as_a_failure() {
+        let breaker = breaker(Duration::from_millis(20));
+        let shut = tokio::sync::Semaphore::new(0);
+        let hang = || breaker.bounded(failing(&shut));
+        assert!(matches!(hang().await, Err(StoreError::Unavailable(_))));
+        assert!(hang().await.is_err());
+        assert!(matches!(breaker.ping().await, Err(StoreError::CircuitOpen)));
+    }
+
+    #[tokio::test]
+    async fn a_successful_probe_closes_it() {
+        let breaker = breaker(Duration::from_secs(1));
+        let gate = tokio::sync::Semaphore::new(100);
+        for _ in 0..2 {
+            assert!(breaker.guard(failing(&gate), None).await.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(breaker.ping().await.is_ok());
+        assert_eq!(breaker.state.load(Ordering::SeqCst), CLOSED);
         assert!(breaker.ping().await.is_ok());
     }
 }

@@ -15,6 +15,8 @@ use crate::core::ports::{RoomTail, Store, StoreError};
 
 pub struct MemoryStore {
     retention: usize,
+    /// Nothing survives the process: each one is a history of its own.
+    epoch: String,
     // std Mutex: every critical section is short and never awaits.
     state: Mutex<State>,
 }
@@ -40,6 +42,7 @@ impl MemoryStore {
     pub fn new(retention: usize) -> Self {
         MemoryStore {
             retention: retention.max(1),
+            epoch: uuid::Uuid::new_v4().simple().to_string(),
             state: Mutex::new(State::default()),
         }
     }
@@ -170,6 +173,10 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn epoch(&self) -> Result<String, StoreError> {
+        Ok(self.epoch.clone())
     }
 
     async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {

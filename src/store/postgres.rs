@@ -562,6 +562,21 @@ impl Store for PgStore {
         rows(found)
     }
 
+    /// The cluster's system identifier (a restore into another cluster changes it), its timeline
+    /// (a point-in-time recovery or a promoted standby starts a new one) and the database's oid
+    /// (a dump restored into a new database).
+    async fn epoch(&self) -> Result<String, StoreError> {
+        let (system, timeline, database): (i64, i32, i64) = sqlx::query_as(
+            "SELECT (SELECT system_identifier FROM pg_control_system()),
+                    (SELECT timeline_id FROM pg_control_checkpoint()),
+                    (SELECT oid::bigint FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(failed("reading the store's epoch"))?;
+        Ok(format!("{system:x}.{timeline}.{database}"))
+    }
+
     async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
         let tails: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT r.id, r.last_seq,

@@ -14,6 +14,17 @@ use sqlx::Row;
 
 use crate::cluster::Cluster;
 use crate::helpers::*;
+use crate::http_client::Http;
+
+/// The next chat message of a stream (room events pass by), as JSON.
+async fn next_message(stream: &mut crate::http_client::Sse) -> serde_json::Value {
+    loop {
+        let event = stream.next().await;
+        if event.event == "message" {
+            return serde_json::from_str(&event.data).unwrap();
+        }
+    }
+}
 
 /// `(seq, content)` of every stored message of a room, by seq.
 async fn stored(db: &sqlx::PgPool, room: &str) -> BTreeMap<i64, String> {
@@ -683,4 +694,93 @@ async fn twenty_streams_resuming_far_back_arrive_intact_in_bounded_memory() {
     let grew = peak.await.unwrap().saturating_sub(before);
     // Pages and bounded queues, not backlogs: far below the 360 MB replayed.
     assert!(grew < 150 << 20, "the server grew by {} MB", grew >> 20);
+}
+
+#[tokio::test]
+async fn a_stream_resuming_across_a_restore_of_the_store_gets_a_reset_not_a_silent_skip() {
+    let pg = crate::services::postgres::Postgres::start();
+    let live = pg.create_database().await;
+    let serve = |url: String| async move {
+        start_server_http(&[("DATABASE_URL", url.as_str()), ("RATE_LIMIT_BURST", "1000")]).await
+    };
+    let (mut server, tcp, http) = serve(live.clone()).await;
+    let mut nc = Client::login(tcp, "nc").await;
+    nc.create("kept").await;
+    for i in 1..=7 {
+        nc.send(&format!("m{i}")).await;
+        nc.expect(&format!("[kept] nc: m{i}")).await;
+    }
+    drop(nc);
+    signal(&server, "-TERM");
+    server.wait().await.unwrap();
+    // The backup: the database as it is now, seven messages.
+    let backup = pg.create_database().await;
+    let admin = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    let name = backup.rsplit('/').next().unwrap().to_owned();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let source = live.rsplit('/').next().unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {source}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    // Three more, seen by a browser, whose last id is then 10.
+    let (mut server, tcp, http_addr) = serve(live.clone()).await;
+    let _ = http;
+    let web = Http::new(http_addr);
+    let session = web.connect("web").await;
+    let (mut stream, epoch) = web
+        .stream_with_cookie(
+            &format!("/api/messages/kept?sessionId={session}"),
+            Some(7),
+            None,
+        )
+        .await;
+    stream.expect("connected").await;
+    let mut nc = Client::login(tcp, "nc").await;
+    nc.join("kept").await;
+    for i in 8..=10 {
+        nc.send(&format!("m{i}")).await;
+        assert_eq!(next_message(&mut stream).await["seq"], i);
+    }
+    drop((nc, stream));
+    signal(&server, "-TERM");
+    server.wait().await.unwrap();
+    // The restore: the store goes back to the backup, and life goes on from there.
+    let (_server, tcp, http_addr) = serve(backup).await;
+    let web = Http::new(http_addr);
+    let mut nc = Client::login(tcp, "nc").await;
+    nc.join("kept").await;
+    for text in ["new 8", "new 9", "new 10", "new 11"] {
+        nc.send(text).await;
+        nc.expect(&format!("[kept] nc: {text}")).await;
+    }
+    let session = web.connect("web").await;
+    let (mut resumed, _) = web
+        .stream_with_cookie(
+            &format!("/api/messages/kept?sessionId={session}"),
+            Some(10),
+            epoch.as_deref(),
+        )
+        .await;
+    resumed.expect("connected").await;
+    resumed.expect("reset").await;
+    let mut contents = Vec::new();
+    while contents.last().map(String::as_str) != Some("new 11") {
+        let data = next_message(&mut resumed).await;
+        contents.push(data["content"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        contents.ends_with(&[
+            "new 8".into(),
+            "new 9".into(),
+            "new 10".into(),
+            "new 11".into()
+        ]),
+        "the messages after the restore are all shown: {contents:?}"
+    );
 }

@@ -103,18 +103,38 @@ impl Http {
     /// Opens an event stream at `path` (query included), optionally resuming with Last-Event-ID,
     /// as `EventSource` does: `Accept: text/event-stream`, on a connection of its own.
     pub async fn stream(&self, path: &str, last_event_id: Option<i64>) -> Sse {
+        self.stream_with_cookie(path, last_event_id, None).await.0
+    }
+
+    /// Like `stream`, sending `cookie` as a browser would; returns the cookie the server set too.
+    pub async fn stream_with_cookie(
+        &self,
+        path: &str,
+        last_event_id: Option<i64>,
+        cookie: Option<&str>,
+    ) -> (Sse, Option<String>) {
         let mut request = reqwest::Client::new()
             .get(self.url(path))
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
+        if let Some(cookie) = cookie {
+            request = request.header(reqwest::header::COOKIE, cookie);
+        }
         let response = request.send().await.expect("stream request");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Sse {
+        let set = response
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        let sse = Sse {
             events: Box::pin(response.bytes_stream().eventsource()),
-        }
+        };
+        (sse, set)
     }
 }
 

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum_extra::extract::CookieJar;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -22,9 +23,9 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::auth::Credentials;
 use super::error::ApiError;
-use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
+use crate::core::model::{ChatMessage, Delivery, Event, Position};
 use crate::core::names::RoomName;
-use crate::core::{Chat, Error, EventStream, Show};
+use crate::core::{Chat, Error, EventStream, Resume, Show};
 use crate::telemetry::metric;
 
 /// A comment line every this often keeps proxies from closing an idle stream.
@@ -61,9 +62,9 @@ pub async fn get_room_stream(
     let room = state.chat.find_room(&name).await?;
     let stream = state
         .chat
-        .open_room_stream(session.id, &room, last_event_id(&headers, &query))
+        .open_room_stream(session.id, &room, resume(&headers, &query))
         .await?;
-    Ok(respond(stream, &state, session.id))
+    Ok(respond(stream, &state))
 }
 
 /// Streams everything the session would see on TCP: its room (following it), DMs, room events.
@@ -82,21 +83,34 @@ pub async fn get_session_stream(
     let record = session.record().ok_or(Error::UnknownSession)?;
     let stream = state
         .chat
-        .open_session_stream(&record, last_event_id(&headers, &query))
+        .open_session_stream(&record, resume(&headers, &query))
         .await?;
-    Ok(respond(stream, &state, session.id))
+    Ok(respond(stream, &state))
 }
 
-fn last_event_id(headers: &HeaderMap, query: &StreamQuery) -> Option<i64> {
-    headers
+/// The cookie that carries the store's epoch back on a reconnect: `EventSource` resends cookies
+/// but not ids of our choosing, and the `id:` of an event stays the plain seq (SPEC §4).
+const EPOCH_COOKIE: &str = "chatEpoch";
+
+/// Where the client resumes: `Last-Event-ID` (or `last_event_id`), and the epoch cookie.
+fn resume(headers: &HeaderMap, query: &StreamQuery) -> Resume {
+    let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .or(query.last_event_id)
+        .or(query.last_event_id);
+    let epoch = CookieJar::from_headers(headers)
+        .get(EPOCH_COOKIE)
+        .map(|c| c.value().to_owned());
+    Resume { after, epoch }
 }
 
-fn respond(stream: EventStream, state: &AppState, session: SessionId) -> Response {
-    let writer = Writer::new(stream, state.chat.clone(), session, state.shutdown.clone());
+fn respond(stream: EventStream, state: &AppState) -> Response {
+    let epoch = format!(
+        "{EPOCH_COOKIE}={}; Path=/api/; HttpOnly; SameSite=Strict",
+        stream.epoch
+    );
+    let writer = Writer::new(stream, state.chat.clone(), state.shutdown.clone());
     let body = Body::from_stream(futures::stream::unfold(writer, |mut w| async move {
         w.next_chunk()
             .await
@@ -111,6 +125,9 @@ fn respond(stream: EventStream, state: &AppState, session: SessionId) -> Respons
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style proxies (the Ingress) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(cookie) = HeaderValue::from_str(&epoch) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
     response
 }
 
@@ -118,7 +135,6 @@ fn respond(stream: EventStream, state: &AppState, session: SessionId) -> Respons
 struct Writer {
     stream: EventStream,
     chat: Arc<Chat>,
-    session: SessionId,
     shutdown: CancellationToken,
     keepalive: tokio::time::Interval,
     /// What the stream shows: its room and the last seq of it shown.
@@ -129,12 +145,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(
-        stream: EventStream,
-        chat: Arc<Chat>,
-        session: SessionId,
-        shutdown: CancellationToken,
-    ) -> Self {
+    fn new(stream: EventStream, chat: Arc<Chat>, shutdown: CancellationToken) -> Self {
         chat.count_connection("sse", true);
         let mut ready = VecDeque::new();
         ready.push_back(connected(&stream.start));
@@ -144,7 +155,6 @@ impl Writer {
         Writer {
             stream,
             chat,
-            session,
             shutdown,
             keepalive,
             view,
@@ -189,7 +199,7 @@ impl Writer {
                 }
                 _ = self.keepalive.tick() => {
                     // An open stream keeps its session alive; a session that ended ends the stream.
-                    match self.chat.touch(self.session).await {
+                    match self.chat.keep_alive(&self.stream).await {
                         Ok(false) => return None,
                         Ok(true) | Err(_) => self.ready.push_back(Bytes::from_static(b": keepalive\n\n")),
                     }

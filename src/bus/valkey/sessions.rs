@@ -41,8 +41,8 @@ static SAVE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Pushes live session `KEYS[1]`'s expiry to `ARGV[2]` (now: `ARGV[1]`), with its claim and
-/// presence entry. 1 done, 0 unknown or expired. ARGV: now ms, expires ms, key ttl ms, id, claim
-/// ttl ms. KEYS: session, expiry set, session presence.
+/// presence entry. Returns its record, or false when it is unknown or expired. ARGV: now ms,
+/// expires ms, key ttl ms, id, claim ttl ms. KEYS: session, expiry set, session presence.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local e = redis.call('HGET', KEYS[1], 'e')
@@ -55,7 +55,7 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
            redis.call('PEXPIRE', fields[1], ARGV[5])
          end
          if fields[3] then redis.call('HSET', KEYS[3], fields[3], fields[4]) end
-         return 1",
+         return redis.call('HGET', KEYS[1], 'r')",
     )
 });
 
@@ -143,9 +143,9 @@ impl Sessions for ValkeyBus {
         self.write_session(record, Some(version), ttl).await
     }
 
-    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<bool, BusError> {
+    async fn touch(&self, id: SessionId, ttl: Duration) -> Result<Option<SessionRecord>, BusError> {
         let now = now_ms();
-        let touched: i64 = TOUCH
+        let touched: Option<String> = TOUCH
             .evalsha_with_reload(
                 &self.client,
                 vec![
@@ -163,7 +163,7 @@ impl Sessions for ValkeyBus {
             )
             .await
             .map_err(failed("keeping a session alive"))?;
-        Ok(touched == 1)
+        Ok(touched.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     async fn delete(&self, id: SessionId) -> Result<(), BusError> {

@@ -121,7 +121,12 @@ impl Chat {
     }
 
     async fn touch_quietly(&self, id: SessionId) {
-        if let Err(e) = self.sessions.touch(id, self.limits.session_idle).await {
+        if let Err(e) = self
+            .sessions
+            .touch(id, self.limits.session_idle)
+            .await
+            .map(drop)
+        {
             tracing::warn!(error = %e, session = %id, "keeping the session alive failed");
         }
     }

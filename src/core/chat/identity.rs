@@ -105,11 +105,6 @@ impl Chat {
         }
     }
 
-    /// Keeps an HTTP session alive while a stream of it is open. False when it has ended.
-    pub async fn touch(&self, id: SessionId) -> Result<bool, Error> {
-        Ok(self.sessions.touch(id, self.limits.session_idle).await?)
-    }
-
     /// What keeps the session's nickname and presence alive: its connection on this pod, or for
     /// an HTTP session, its own activity on any pod.
     pub(super) fn holder(&self, session: &Session) -> Holder {

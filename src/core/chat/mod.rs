@@ -34,7 +34,7 @@ use super::names::sanitize;
 use super::ports::{Bus, Inbound, Presence, Sessions, Store};
 use super::session::Session;
 use crate::telemetry::metric;
-pub use streams::EventStream;
+pub use streams::{EventStream, Resume};
 
 /// The per-session limits of SPEC §3 and §4.
 #[derive(Debug, Clone)]

@@ -3,8 +3,9 @@
 //! seq the client saw, or, when that position does not exist in the room, from a reset.
 //!
 //! A resume never silently skips (SPEC §4): a position beyond the room's last seq, below the
-//! oldest still stored, or (for a session's stream) from before the session joined its room gets
-//! a reset, then the room's history, then the live stream.
+//! oldest still stored, from another history of the store (its epoch changed: a restore), or
+//! (for a session's stream) from before the session joined its room gets a reset, then the
+//! room's history, then the live stream.
 
 use std::sync::Arc;
 
@@ -18,11 +19,22 @@ use crate::core::outbox::{Inbox, Outbox, queue};
 /// A resume further behind than this starts from a reset instead of replaying everything.
 const MAX_CATCH_UP: i64 = 10_000;
 
+/// Where a client resumes: after this seq, in the store history it was seen in (if it says).
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub after: Option<i64>,
+    pub epoch: Option<String>,
+}
+
 pub struct EventStream {
     pub inbox: Inbox,
     /// The room it starts in and the last seq there counted as shown (the `connected` event).
     pub start: Position,
-    _route: Route,
+    /// The store's history the stream's seqs belong to; a client keeps it to resume with.
+    pub epoch: String,
+    /// The session the stream was opened by.
+    session: SessionId,
+    route: Route,
 }
 
 /// Removes the stream's routes when the stream is dropped (the client went away, or the server
@@ -50,13 +62,37 @@ impl Drop for Route {
 }
 
 impl Chat {
+    /// Keeps an open stream's session alive (false when it has ended). A stream that follows its
+    /// session also checks where the session is: a move whose announcement the bus lost is
+    /// caught up with here, within one keepalive.
+    pub async fn keep_alive(&self, stream: &EventStream) -> Result<bool, Error> {
+        let session = stream.session;
+        let Some(record) = self
+            .sessions
+            .touch(session, self.limits.session_idle)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if let Route::Session { .. } = &stream.route {
+            self.feeds
+                .deliver(crate::core::model::Envelope::SessionMoved {
+                    session,
+                    nick: record.nick,
+                    room: record.room,
+                    seen: record.seen,
+                });
+        }
+        Ok(true)
+    }
+
     /// A stream of one room's messages and events for `viewer`; with `resume`, first every message
     /// after that seq.
     pub async fn open_room_stream(
         &self,
         viewer: SessionId,
         room: &Room,
-        resume: Option<i64>,
+        resume: Resume,
     ) -> Result<EventStream, Error> {
         let (outbox, inbox) = queue(SessionId::random(), viewer, self.limits.send_queue);
         let route = Route::Room {
@@ -64,9 +100,13 @@ impl Chat {
             room: room.name.clone(),
             id: outbox.id,
         };
-        let from = match resume {
+        let epoch = self.store.epoch().await?;
+        let from = match resume.after {
             None => self.feeds.position(room).await?,
-            Some(after) => self.resume_at(room, after, None, &outbox).await?,
+            Some(after) => {
+                let same = resume.epoch.is_none_or(|e| e == epoch);
+                self.resume_at(room, after, None, same, &outbox).await?
+            }
         };
         self.feeds.attach(room, outbox, from).await?;
         Ok(EventStream {
@@ -75,7 +115,9 @@ impl Chat {
                 room: Some(room.name.clone()),
                 seen: from,
             },
-            _route: route,
+            epoch,
+            session: viewer,
+            route,
         })
     }
 
@@ -85,7 +127,7 @@ impl Chat {
     pub async fn open_session_stream(
         &self,
         record: &SessionRecord,
-        resume: Option<i64>,
+        resume: Resume,
     ) -> Result<EventStream, Error> {
         let (outbox, inbox) = queue(SessionId::random(), record.id, self.limits.send_queue);
         let route = Route::Session {
@@ -93,10 +135,12 @@ impl Chat {
             session: record.id,
             id: outbox.id,
         };
+        let epoch = self.store.epoch().await?;
         let from = match &record.room {
             Some(room) => {
-                let after = resume.unwrap_or(record.seen);
-                self.resume_at(room, after, Some(record.seen), &outbox)
+                let after = resume.after.unwrap_or(record.seen);
+                let same = resume.epoch.is_none_or(|e| e == epoch);
+                self.resume_at(room, after, Some(record.seen), same, &outbox)
                     .await?
             }
             None => 0,
@@ -110,18 +154,22 @@ impl Chat {
                 room: record.room.as_ref().map(|r| r.name.clone()),
                 seen: from,
             },
-            _route: route,
+            epoch,
+            session: record.id,
+            route,
         })
     }
 
     /// Where a stream resuming after `after` in `room` starts: `after` itself when the room can
-    /// have it (not below `lowest`, nor below the oldest message still stored, nor past the last,
-    /// nor too far behind); otherwise a reset is queued and it starts from the room's history.
+    /// have it (in the same history of the store, not below `lowest`, nor below the oldest
+    /// message still stored, nor past the last, nor too far behind); otherwise a reset is queued
+    /// and it starts from the room's history.
     async fn resume_at(
         &self,
         room: &Room,
         after: i64,
         lowest: Option<i64>,
+        same_history: bool,
         outbox: &Outbox,
     ) -> Result<i64, Error> {
         let tail = self
@@ -131,7 +179,8 @@ impl Chat {
             .into_iter()
             .next()
             .ok_or(Error::NoSuchRoom(room.name.to_string()))?;
-        let possible = after <= tail.last_seq
+        let possible = same_history
+            && after <= tail.last_seq
             && after >= tail.first_seq - 1
             && after >= lowest.unwrap_or(0)
             && tail.last_seq - after <= MAX_CATCH_UP;
