@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::adapters::http::{self, AppState};
 use crate::adapters::tcp::TcpServer;
@@ -217,16 +218,20 @@ impl App {
             shutdown,
             ..
         } = self;
+        // Every task runs in the server's span, so that its log lines carry the instance id.
         let tracker = TaskTracker::new();
+        let spawn = |task| {
+            tracker.spawn(Instrument::in_current_span(task));
+        };
         for task in background {
-            tracker.spawn(task);
+            spawn(task);
         }
-        tracker.spawn(telemetry::run_metrics_upkeep(
+        spawn(Box::pin(telemetry::run_metrics_upkeep(
             telemetry::metrics_handle(),
             shutdown.clone(),
-        ));
-        tracker.spawn(async move { feeds.run_probes(TAIL_PROBE).await });
-        tracker.spawn(tcp.serve(tracker.clone(), shutdown.clone()));
+        )));
+        spawn(Box::pin(async move { feeds.run_probes(TAIL_PROBE).await }));
+        spawn(Box::pin(tcp.serve(tracker.clone(), shutdown.clone())));
         let state = AppState {
             chat: chat.clone(),
             shutdown: shutdown.clone(),
@@ -235,21 +240,25 @@ impl App {
             session_idle_secs: config.session_idle_timeout_secs as i64,
         };
         let http_stop = CancellationToken::new();
-        tracker.spawn(http::serve(http_listener, state, http_stop.clone()));
-        tracker.spawn(
+        spawn(Box::pin(http::serve(
+            http_listener,
+            state,
+            http_stop.clone(),
+        )));
+        spawn(Box::pin(
             chat.clone()
                 .run_session_expiry(SESSION_SWEEP, shutdown.clone()),
-        );
+        ));
         if let Some(valkey) = valkey {
-            tracker.spawn(valkey.run(shutdown.clone()));
+            spawn(Box::pin(valkey.run(shutdown.clone())));
         }
         if let Some(pg) = postgres {
-            tracker.spawn(pg.clone().run_pool_gauges(shutdown.clone()));
-            tracker.spawn(retention::run(
+            spawn(Box::pin(pg.clone().run_pool_gauges(shutdown.clone())));
+            spawn(Box::pin(retention::run(
                 pg,
                 config.retention_per_room,
                 shutdown.clone(),
-            ));
+            )));
         }
 
         shutdown.cancelled().await;

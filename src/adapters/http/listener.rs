@@ -73,7 +73,8 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, ti
         match accepted {
             Ok((socket, _)) => {
                 let _ = socket.set_nodelay(true);
-                connections.spawn(connection(socket, router.clone(), stop.clone(), timeouts));
+                let served = connection(socket, router.clone(), stop.clone(), timeouts);
+                connections.spawn(tracing::Instrument::in_current_span(served));
             }
             Err(e) => crate::adapters::accept_failed(e).await,
         }

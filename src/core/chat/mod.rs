@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::command::{self, Command, HELP, Input};
 use super::commit::{Ack, Committer, Publisher};
@@ -190,7 +191,7 @@ impl Chat {
                 Inbound::Resync => {
                     self.feeds.resync();
                     let chat = self.clone();
-                    tokio::spawn(async move { chat.refollow().await });
+                    tokio::spawn(async move { chat.refollow().await }.in_current_span());
                 }
             }
         }

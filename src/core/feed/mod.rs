@@ -22,6 +22,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::model::{Broadcast, ChatMessage, Delivery, Envelope, Event, Room, SessionId};
 use super::names::{Nickname, RoomName};
@@ -266,7 +267,9 @@ impl Feeds {
     /// After envelopes may have been lost: every carried room's tail is probed now.
     pub fn resync(&self) {
         let inner = self.inner.clone();
-        self.inner.tasks.spawn(async move { inner.probe().await });
+        self.inner
+            .tasks
+            .spawn(async move { inner.probe().await }.in_current_span());
     }
 
     /// Probes every carried room's tail every `every` — a lost publish of a room's last message is
@@ -349,7 +352,8 @@ impl Inner {
             feed.repairing = true;
         }
         let (store, cell, shutdown) = (self.store.clone(), cell.clone(), self.shutdown.clone());
-        self.tasks.spawn(repair(store, cell, due, shutdown));
+        self.tasks
+            .spawn(repair(store, cell, due, shutdown).in_current_span());
     }
 
     async fn attach(
@@ -376,8 +380,9 @@ impl Inner {
             drop(rooms);
             let inner = self.clone();
             let room = room.clone();
-            self.tasks
-                .spawn(async move { inner.catch_up(room, member, from, wanted).await });
+            self.tasks.spawn(
+                async move { inner.catch_up(room, member, from, wanted).await }.in_current_span(),
+            );
             return Ok(());
         }
     }
@@ -506,12 +511,13 @@ impl Inner {
             if let Some(room) = room.clone() {
                 let inner = self.clone();
                 let wanted = inner.clone().follower_wanted(outbox.clone(), generation);
-                self.tasks.spawn(async move {
+                let follow = async move {
                     let name = room.name.clone();
                     if let Err(e) = inner.attach(&room, outbox, seen, wanted).await {
                         tracing::warn!(error = %e, room = %name, "a stream could not follow its session");
                     }
-                });
+                };
+                self.tasks.spawn(follow.in_current_span());
             }
         }
     }
