@@ -23,7 +23,7 @@ pub struct LocalBus {
     unlocked: Notify,
     /// Kept so that the inbound stream stays open (and empty) for the life of the pod.
     inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
-    revoked: Mutex<Option<mpsc::Sender<SessionId>>>,
+    revoked: Mutex<Option<mpsc::UnboundedSender<SessionId>>>,
 }
 
 #[derive(Default)]
@@ -153,9 +153,9 @@ impl Presence for LocalBus {
             .collect())
     }
 
-    fn revoked(&self) -> mpsc::Receiver<SessionId> {
+    fn revoked(&self) -> mpsc::UnboundedReceiver<SessionId> {
         // One process: every claim is its own, and is never lost.
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::unbounded_channel();
         *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }

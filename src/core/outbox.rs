@@ -51,10 +51,7 @@ impl Outbox {
         match self.tx.try_send(delivery) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.too_slow.is_cancelled() {
-                    self.too_slow.cancel();
-                    metrics::counter!(metric::DROPPED, "reason" => "slow_consumer").increment(1);
-                }
+                self.mark_too_slow();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -65,18 +62,41 @@ impl Outbox {
         self.push(Delivery::Event(event.clone()))
     }
 
-    /// Queues, waiting while the queue is full. False when the receiver is gone.
-    pub async fn send(&self, delivery: Delivery) -> bool {
-        tokio::select! {
-            sent = self.tx.send(delivery) => sent.is_ok(),
-            _ = self.too_slow.cancelled() => false,
-        }
-    }
-
     /// Whether its queue has room for `n` more deliveries (or is at least half empty, when it
     /// could never hold `n`).
     pub fn can_take(&self, n: usize) -> bool {
         self.tx.capacity() >= n.min(self.tx.max_capacity() / 2)
+    }
+
+    /// The most deliveries its queue holds.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
+    /// Waits (up to `limit`) until the queue has room for `n` deliveries. A receiver that does
+    /// not make room in time is too slow: it is marked (and counted) and false is returned; false
+    /// too when it is gone.
+    pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
+        let n = n.min(self.tx.max_capacity());
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.tx.capacity() < n {
+            if !self.is_open() {
+                return false;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.mark_too_slow();
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.is_open()
+    }
+
+    fn mark_too_slow(&self) {
+        if !self.too_slow.is_cancelled() {
+            self.too_slow.cancel();
+            metrics::counter!(metric::DROPPED, "reason" => "slow_consumer").increment(1);
+        }
     }
 
     /// Whether the receiver is still there to read.

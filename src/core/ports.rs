@@ -180,8 +180,9 @@ pub trait Presence: Send + Sync + 'static {
     async fn room_counts(&self) -> Result<HashMap<RoomName, usize>, BusError>;
 
     /// Sessions of this pod whose nickname this pod can no longer vouch for (it could not renew
-    /// the claim in time, or found it taken): the core disconnects them. Called once.
-    fn revoked(&self) -> mpsc::Receiver<SessionId>;
+    /// the claim in time, or found it taken): the core disconnects them. Called once. Unbounded,
+    /// so that none is ever dropped: there is at most one per connection.
+    fn revoked(&self) -> mpsc::UnboundedReceiver<SessionId>;
 }
 
 /// A session record as stored, with the version a compare-and-set save must match.

@@ -121,6 +121,8 @@ pub struct Session {
     pub(super) version: u64,
     /// A live session: cancelled when the pod can no longer vouch for its nickname.
     pub kicked: CancellationToken,
+    /// A detached session: nicknames it gave up during this request, released once it is saved.
+    pub(super) given_up: Vec<Nickname>,
 }
 
 impl Session {
@@ -142,6 +144,7 @@ impl Session {
             )),
             version: 0,
             kicked: CancellationToken::new(),
+            given_up: Vec::new(),
         }
     }
 
@@ -159,6 +162,7 @@ impl Session {
             limiter: None,
             version,
             kicked: CancellationToken::new(),
+            given_up: Vec::new(),
         }
     }
 
@@ -180,6 +184,11 @@ impl Session {
 
     pub fn room(&self) -> Option<&Room> {
         self.room.as_ref()
+    }
+
+    /// The last seq of its room it has been shown.
+    pub fn seen(&self) -> i64 {
+        self.view.seen()
     }
 
     /// See [`View::admit`].

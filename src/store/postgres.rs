@@ -118,17 +118,23 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// How long an append's lost outcome is looked for (the database may be restarting).
 const RESOLVE_FOR: Duration = Duration::from_secs(15);
 
-/// Numbers and inserts a batch in one statement: drops messages whose key is already stored,
-/// locks the rooms of the rest in id order (two writers never wait on each other in a cycle),
-/// bumps each room's counter by its message count, numbers the messages of each room in batch
-/// order from the old counter, inserts them.
+/// Numbers and inserts a batch in one statement, and answers with every message of the batch as
+/// stored — new or already there. Messages whose key is stored already are left as they are;
+/// the rooms of the rest are locked in id order (two writers never wait on each other in a
+/// cycle), each room's counter is bumped by its message count, and the messages of each room are
+/// numbered in batch order from the old counter and inserted. The rows that existed are read in
+/// the same snapshot, so the answer is complete or the statement failed.
 const APPEND: &str = "WITH input AS (
          SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                               $6::timestamptz[])
                   WITH ORDINALITY AS t (key, room_id, user_id, nickname, content, created_at, ord)
      ),
+     existing AS (
+         SELECT m.key, m.id, m.room_id, m.seq, m.nickname, m.content, m.created_at
+         FROM messages m WHERE m.key IN (SELECT key FROM input)
+     ),
      fresh AS (
-         SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.key = i.key)
+         SELECT i.* FROM input i WHERE i.key NOT IN (SELECT key FROM existing)
      ),
      locked AS (
          SELECT id FROM rooms WHERE id IN (SELECT room_id FROM fresh) ORDER BY id FOR UPDATE
@@ -141,17 +147,45 @@ const APPEND: &str = "WITH input AS (
          FROM counts c, locked l
          WHERE r.id = c.room_id AND l.id = c.room_id
          RETURNING r.id, r.last_seq - c.n AS base
-     )
-     INSERT INTO messages (key, room_id, seq, user_id, nickname, content, created_at)
-     SELECT f.key, f.room_id,
-            b.base + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord),
-            f.user_id, f.nickname, f.content, f.created_at
-     FROM fresh f JOIN bumped b ON b.id = f.room_id
-     ORDER BY f.ord
-     RETURNING key, id, seq";
+     ),
+     inserted AS (
+         INSERT INTO messages (key, room_id, seq, user_id, nickname, content, created_at)
+         SELECT f.key, f.room_id,
+                b.base + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord),
+                f.user_id, f.nickname, f.content, f.created_at
+         FROM fresh f JOIN bumped b ON b.id = f.room_id
+         ORDER BY f.ord
+         RETURNING key, id, room_id, seq, nickname, content, created_at
+     ),
+     answer AS (SELECT * FROM inserted UNION ALL SELECT * FROM existing)
+     SELECT a.key, a.id, r.name AS room, a.seq, a.nickname, a.content, a.created_at
+     FROM answer a JOIN rooms r ON r.id = a.room_id";
 
 /// The stored messages with these keys.
-const BY_KEY: &str = "SELECT m.key, m.id, m.seq FROM messages m WHERE m.key = ANY($1)";
+const BY_KEY: &str =
+    "SELECT m.key, m.id, r.name AS room, m.seq, m.nickname, m.content, m.created_at
+     FROM messages m JOIN rooms r ON r.id = m.room_id WHERE m.key = ANY($1)";
+
+/// A stored message with its key.
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    key: MessageKey,
+    #[sqlx(flatten)]
+    message: MessageRow,
+}
+
+/// What became of an append.
+enum Appended {
+    /// Every message of the batch, as stored.
+    Stored(Vec<KeyedRow>),
+    /// Not stored: PostgreSQL answered with an error, or was never reached.
+    Refused(StoreError),
+    /// Not stored: a retry of one of its keys committed first on another pod (the unique key
+    /// index rolled this one back). Trying again finds it stored.
+    KeyRace,
+    /// The statement went out and the connection broke or hung: backend `.0` may have committed.
+    Unknown(i32),
+}
 
 impl PgStore {
     /// Connects a pool of `size` connections: a caller waits at most `timeouts.acquire` for one,
@@ -236,12 +270,8 @@ impl PgStore {
         Ok((conn, pid))
     }
 
-    /// Appends on the kept connection. `Err(Ok(e))`: nothing was sent, nothing stored.
-    /// `Err(Err(pid))`: the statement went out and its outcome is unknown; `pid` ran it.
-    async fn try_append(
-        &self,
-        batch: &[NewMessage],
-    ) -> Result<Vec<(MessageKey, i64, i64)>, Result<StoreError, i32>> {
+    /// Appends on the kept connection.
+    async fn try_append(&self, batch: &[NewMessage]) -> Appended {
         let keys: Vec<MessageKey> = batch.iter().map(|m| m.key).collect();
         let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id).collect();
         let user_ids: Vec<i64> = batch.iter().map(|m| m.user_id).collect();
@@ -249,7 +279,10 @@ impl PgStore {
         let contents: Vec<&str> = batch.iter().map(|m| m.content.as_str()).collect();
         let times: Vec<OffsetDateTime> = batch.iter().map(|m| m.created_at).collect();
         let mut held = self.writer.lock().await;
-        let writer = self.writer(&mut held).await.map_err(Ok)?;
+        let writer = match self.writer(&mut held).await {
+            Ok(writer) => writer,
+            Err(e) => return Appended::Refused(e),
+        };
         let pid = writer.pid;
         let query = sqlx::query_as(APPEND)
             .bind(&keys)
@@ -262,30 +295,32 @@ impl PgStore {
         match tokio::time::timeout(self.timeouts.statement, query).await {
             Ok(Ok(rows)) => {
                 writer.last_used = Instant::now();
-                Ok(rows)
+                Appended::Stored(rows)
             }
             Ok(Err(e)) => {
                 // The connection may be what failed: the next batch starts on a fresh one.
                 *held = None;
                 match &e {
+                    sqlx::Error::Database(db) if db.constraint() == Some("messages_key") => {
+                        Appended::KeyRace
+                    }
                     // PostgreSQL answered with an error: the statement's transaction did not
                     // commit (a commit that has flushed cannot fail with an error; it would be a
-                    // PANIC). Among them: a concurrent append of the same key (a retry racing its
-                    // original on another pod), and a connection terminated by a shutdown.
-                    sqlx::Error::Database(_) => Err(Ok(StoreError::Unavailable(format!(
-                        "storing messages: {e}"
-                    )))),
+                    // PANIC) — a connection terminated by a shutdown, say.
+                    sqlx::Error::Database(_) => {
+                        Appended::Refused(StoreError::Unavailable(format!("storing messages: {e}")))
+                    }
                     // The connection broke mid-statement: it may have committed.
                     _ => {
                         tracing::warn!(error = %e, "an append failed mid-statement; resolving it");
-                        Err(Err(pid))
+                        Appended::Unknown(pid)
                     }
                 }
             }
             Err(_) => {
                 *held = None;
                 tracing::warn!("an append timed out; resolving it");
-                Err(Err(pid))
+                Appended::Unknown(pid)
             }
         }
     }
@@ -293,11 +328,7 @@ impl PgStore {
     /// Settles an append whose outcome was lost: terminates the backend that ran it (so it cannot
     /// commit later), then reads which of the batch's keys are stored. Retries while the database
     /// is unreachable, up to [`RESOLVE_FOR`].
-    async fn resolve(
-        &self,
-        pid: i32,
-        keys: &[MessageKey],
-    ) -> Result<Vec<(MessageKey, i64, i64)>, StoreError> {
+    async fn resolve(&self, pid: i32, keys: &[MessageKey]) -> Result<Vec<KeyedRow>, StoreError> {
         let mut delays = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(2))
@@ -474,49 +505,40 @@ impl Store for PgStore {
 
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError> {
         let keys: Vec<MessageKey> = batch.iter().map(|m| m.key).collect();
-        let mut rows = match self.try_append(batch).await {
-            Ok(rows) => rows,
-            Err(Ok(refused)) => return Err(refused),
-            Err(Err(pid)) => self.resolve(pid, &keys).await?,
-        };
-        if rows.len() < batch.len() {
-            // Keys already stored (retries), or a resolution that found only some: the stored
-            // ones stand in their place. Keys found nowhere were not stored.
-            let missing: Vec<MessageKey> = keys
-                .iter()
-                .filter(|k| !rows.iter().any(|(key, ..)| key == *k))
-                .copied()
-                .collect();
-            let found: Vec<(MessageKey, i64, i64)> = sqlx::query_as(BY_KEY)
-                .bind(&missing)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| {
-                    StoreError::Ambiguous(format!("reading back retried messages: {e}"))
-                })?;
-            rows.extend(found);
+        let mut outcome = self.try_append(batch).await;
+        if let Appended::KeyRace = outcome {
+            // The racing transaction has committed by now: this time its key is found.
+            outcome = self.try_append(batch).await;
         }
-        let by_key: HashMap<MessageKey, (i64, i64)> = rows
-            .into_iter()
-            .map(|(key, id, seq)| (key, (id, seq)))
-            .collect();
+        let rows = match outcome {
+            Appended::Stored(rows) => rows,
+            Appended::Refused(e) => return Err(e),
+            Appended::KeyRace => {
+                return Err(StoreError::Unavailable(
+                    "storing messages: a key raced twice".into(),
+                ));
+            }
+            Appended::Unknown(pid) => self.resolve(pid, &keys).await?,
+        };
+        let mut by_key: HashMap<MessageKey, MessageRow> =
+            rows.into_iter().map(|row| (row.key, row.message)).collect();
         if by_key.len() < keys.len() {
-            // Resolved: part or none of the batch is stored. Report it not stored; what is stored
-            // reaches everyone through the other pods' tail probes, and a retry with its key
-            // returns it.
+            // Resolved: the batch's new messages were not stored (a statement is all or none).
+            // The messages found were stored earlier, by another attempt: they cannot be told
+            // apart from the rest here, so the whole batch is reported not stored; a retry with
+            // its key returns each stored one.
             return Err(StoreError::Unavailable(format!(
                 "{} of {} messages were not stored",
                 keys.len() - by_key.len(),
                 keys.len()
             )));
         }
-        Ok(batch
-            .iter()
-            .map(|new| {
-                let (id, seq) = by_key[&new.key];
-                ChatMessage::stored(new.clone(), id, seq)
-            })
-            .collect())
+        // Each message as stored — also one a retry found stored already, in whatever room and
+        // words it had then.
+        keys.iter()
+            .map(|key| by_key.remove(key).map(ChatMessage::try_from).transpose())
+            .collect::<Result<Option<Vec<_>>, _>>()?
+            .ok_or_else(|| StoreError::Unavailable("a key appeared twice in one batch".into()))
     }
 
     async fn messages_before(

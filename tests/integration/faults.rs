@@ -294,10 +294,29 @@ async fn a_retried_send_with_its_client_message_id_posts_once_on_any_replica() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_ne!(theirs["data"]["seq"], first.1["data"]["seq"]);
-    member.expect("[system] web joined retries").await;
-    member.expect("[retries] web: once").await;
-    member.expect("[system] other joined retries").await;
-    member.expect("[retries] other: theirs").await;
+    // A retry after the session moved on is still the original, in its own room.
+    a.command(&web, "/create elsewhere").await;
+    let moved = b
+        .post(
+            "/api/message",
+            json!({ "sessionId": web, "content": "once", "clientMessageId": "k-1" }),
+        )
+        .await;
+    assert_eq!(moved, first);
+    // Events published by two replicas may come in either order; the messages in theirs.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(member.line().await);
+    }
+    let chat: Vec<&String> = seen.iter().filter(|l| l.starts_with("[retries]")).collect();
+    assert_eq!(chat, ["[retries] web: once", "[retries] other: theirs"]);
+    for event in [
+        "web joined retries",
+        "web left retries",
+        "other joined retries",
+    ] {
+        assert!(seen.contains(&format!("[system] {event}")), "{seen:?}");
+    }
     let db = cluster.db().await;
     assert_eq!(
         stored(&db, "retries").await.values().collect::<Vec<_>>(),
@@ -782,5 +801,61 @@ async fn a_stream_resuming_across_a_restore_of_the_store_gets_a_reset_not_a_sile
             "new 11".into()
         ]),
         "the messages after the restore are all shown: {contents:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_in_gets_a_reset() {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = Client::login(cluster.tcp(0), "nc").await;
+    nc.create("busy").await;
+    for i in 0..35 {
+        nc.send(&format!("b{i}")).await;
+        nc.expect(&format!("[busy] nc: b{i}")).await;
+    }
+    nc.create("calm").await;
+    for i in 0..30 {
+        nc.send(&format!("c{i}")).await;
+        nc.expect(&format!("[calm] nc: c{i}")).await;
+    }
+    let web = http.connect("web").await;
+    http.command(&web, "/join busy").await;
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    events.expect("connected").await;
+    drop(events);
+    // The session moves while its stream is down; calm goes on past busy's 35.
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    for i in 30..40 {
+        nc.send(&format!("c{i}")).await;
+        nc.expect(&format!("[calm] nc: c{i}")).await;
+    }
+    // The browser resumes with the last id it saw — 35, of busy — which calm also has.
+    let (mut resumed, _) = http
+        .stream_with_cookie(
+            &format!("/api/events?sessionId={web}"),
+            Some(35),
+            cookie.as_deref(),
+        )
+        .await;
+    assert_eq!(resumed.expect("connected").await["room"], "calm");
+    resumed.expect("reset").await;
+    let mut contents = Vec::new();
+    while contents.last().map(String::as_str) != Some("c39") {
+        contents.push(
+            next_message(&mut resumed).await["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(
+        ["c31", "c32", "c33", "c34", "c35"]
+            .iter()
+            .all(|c| contents.iter().any(|s| s == c)),
+        "nothing after the join is skipped: {contents:?}"
     );
 }

@@ -106,7 +106,7 @@ impl Http {
         self.stream_with_cookie(path, last_event_id, None).await.0
     }
 
-    /// Like `stream`, sending `cookie` as a browser would; returns the cookie the server set too.
+    /// Like `stream`, sending `cookie` as a browser would; returns the cookies the server set too.
     pub async fn stream_with_cookie(
         &self,
         path: &str,
@@ -125,12 +125,14 @@ impl Http {
         let response = request.send().await.expect("stream request");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let set = response
+        // Every cookie set, as a browser would send them back.
+        let set: Vec<String> = response
             .headers()
-            .get(reqwest::header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split(';').next().map(str::to_owned))
+            .collect();
+        let set = (!set.is_empty()).then(|| set.join("; "));
         let sse = Sse {
             events: Box::pin(response.bytes_stream().eventsource()),
         };

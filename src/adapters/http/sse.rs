@@ -23,7 +23,7 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::auth::Credentials;
 use super::error::ApiError;
-use crate::core::model::{ChatMessage, Delivery, Event, Position};
+use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
 use crate::core::names::RoomName;
 use crate::core::{Chat, Error, EventStream, Resume, Show};
 use crate::telemetry::metric;
@@ -62,7 +62,7 @@ pub async fn get_room_stream(
     let room = state.chat.find_room(&name).await?;
     let stream = state
         .chat
-        .open_room_stream(session.id, &room, resume(&headers, &query))
+        .open_room_stream(session.id, &room, resume(&headers, &query, None))
         .await?;
     Ok(respond(stream, &state))
 }
@@ -83,26 +83,46 @@ pub async fn get_session_stream(
     let record = session.record().ok_or(Error::UnknownSession)?;
     let stream = state
         .chat
-        .open_session_stream(&record, resume(&headers, &query))
+        .open_session_stream(&record, resume(&headers, &query, Some(record.id)))
         .await?;
-    Ok(respond(stream, &state))
+    let room = record
+        .room
+        .as_ref()
+        .map_or_else(String::new, |r| r.name.to_string());
+    let cookie = format!(
+        "{}={room}; Path=/api/; HttpOnly; SameSite=Strict; Max-Age={}",
+        room_cookie(record.id),
+        state.session_idle_secs
+    );
+    let mut response = respond(stream, &state);
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 /// The cookie that carries the store's epoch back on a reconnect: `EventSource` resends cookies
 /// but not ids of our choosing, and the `id:` of an event stays the plain seq (SPEC §4).
 const EPOCH_COOKIE: &str = "chatEpoch";
 
-/// Where the client resumes: `Last-Event-ID` (or `last_event_id`), and the epoch cookie.
-fn resume(headers: &HeaderMap, query: &StreamQuery) -> Resume {
+/// The cookie that says which room a session's stream started in, so that a position from
+/// another room is not taken for one of this room. Named after the session (a browser may hold
+/// several sessions, one per tab).
+fn room_cookie(session: SessionId) -> String {
+    format!("chatRoom-{}", &session.to_string()[..12])
+}
+
+/// Where the client resumes: `Last-Event-ID` (or `last_event_id`), and what its cookies say.
+fn resume(headers: &HeaderMap, query: &StreamQuery, session: Option<SessionId>) -> Resume {
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(query.last_event_id);
-    let epoch = CookieJar::from_headers(headers)
-        .get(EPOCH_COOKIE)
-        .map(|c| c.value().to_owned());
-    Resume { after, epoch }
+    let cookies = CookieJar::from_headers(headers);
+    let epoch = cookies.get(EPOCH_COOKIE).map(|c| c.value().to_owned());
+    let room = session.and_then(|s| cookies.get(&room_cookie(s)).map(|c| c.value().to_owned()));
+    Resume { after, epoch, room }
 }
 
 fn respond(stream: EventStream, state: &AppState) -> Response {

@@ -35,6 +35,8 @@ const IDLE_BATCH_CAPACITY: usize = 16;
 const READ_CHUNK: usize = 4096;
 /// How long the drain notice may take to reach a client that is not reading.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command waits for the echoes of the messages typed before it.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
 /// How long a drain waits for the client's messages still being stored, to answer each.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Told to a user whose nickname this server can no longer vouch for.
@@ -231,19 +233,34 @@ impl Connection {
         };
         let text = String::from_utf8_lossy(&bytes);
         // A command runs, and is answered, after every message typed before it has been stored
-        // and echoed: the echo is queued before the ack resolves, so draining the inbox after the
-        // acks shows it first.
+        // and echoed. An echo comes in its room's order, so it may wait behind a message of
+        // another pod still being repaired: it is waited for (a moment at most).
         if text.trim_start().starts_with('/') && !in_flight.is_empty() {
+            let mut echo_up_to = None;
             while let Some(acked) = in_flight.next().await {
-                if let Err(e) = acked {
-                    self.write_error(session, &e).await?;
+                match acked {
+                    Ok(m) if session.room().is_some_and(|r| r.name == m.room) => {
+                        echo_up_to = echo_up_to.max(Some(m.seq));
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.write_error(session, &e).await?,
                 }
             }
+            let deadline = tokio::time::Instant::now() + ECHO_WAIT;
             let mut events = Vec::new();
-            while let Ok(event) = inbox.rx.try_recv() {
-                events.push(event);
+            loop {
+                while let Ok(event) = inbox.rx.try_recv() {
+                    events.push(event);
+                }
+                self.write_events(session, &mut events).await?;
+                if echo_up_to.is_none_or(|seq| session.seen() >= seq) {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
+                    Ok(Some(event)) => events.push(event),
+                    _ => break,
+                }
             }
-            self.write_events(session, &mut events).await?;
         }
         match chat.handle(session, &text).await {
             Ok(Reply::Nothing) => Ok(()),

@@ -46,7 +46,7 @@ pub struct ValkeyBus {
     /// This pod's claims and presence entries: what the heartbeat writes back every time.
     local: Mutex<Local>,
     inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
-    revoked: Mutex<Option<mpsc::Sender<SessionId>>>,
+    revoked: Mutex<Option<mpsc::UnboundedSender<SessionId>>>,
 }
 
 fn new_client(url: &str, command_timeout: Duration) -> Result<Client, BusError> {

@@ -5,10 +5,11 @@
 //!   session's lives as long as the session.
 //! - Presence is one hash per pod (`presence:<pod>`: nick → room), rewritten whole from the pod's
 //!   own state by every heartbeat, and `presence:sessions` for HTTP sessions.
-//! - After Valkey lost its state (a restart) or went unrenewed for PRESENCE_TTL (a long outage),
-//!   the first heartbeat of a pod with users — or the first claim — opens a recovery window of
-//!   PRESENCE_TTL during which new claims wait: every live user's claim is back before anyone
-//!   else can take the name.
+//! - After Valkey lost its state (a restart: its epoch marker is gone, or not the one pods knew)
+//!   or went unrenewed for PRESENCE_TTL (a long outage, a pause), the first heartbeat — or the
+//!   first claim — opens a recovery window of PRESENCE_TTL during which new claims wait: every
+//!   live user's claim is back before anyone else can take the name. A pod that has just started
+//!   (it knows no epoch) opens none, so a new cluster serves at once.
 //! - Lease discipline: a pod that could not renew its claims for nearly PRESENCE_TTL can no longer
 //!   vouch for them (others may be about to see them expire): it disconnects those users rather
 //!   than let two sessions hold one name.
@@ -35,6 +36,9 @@ const PODS: &str = "pods";
 const SESSION_PRESENCE: &str = "presence:sessions";
 /// When any pod last renewed its presence (milliseconds, Valkey's clock).
 const BEAT: &str = "presence:beat";
+/// A random id of the presence state's incarnation: missing, or another than a pod knew, means
+/// Valkey lost the claims.
+const EPOCH: &str = "presence:epoch";
 /// Present while live users re-register after Valkey lost their claims.
 const RECOVERING: &str = "presence:recovering";
 /// An HTTP session's claim outlives its logical expiry by this much, so the pod that closes it
@@ -42,13 +46,19 @@ const RECOVERING: &str = "presence:recovering";
 pub(super) const SESSION_GRACE: Duration = Duration::from_secs(300);
 
 /// Claims `KEYS[1]` for session `ARGV[3]` (value `ARGV[1]`, for `ARGV[2]` ms): 1 granted, 0 taken,
-/// -1 recovering. Opens the recovery window first if nobody renewed presence for `ARGV[4]` ms.
+/// -1 recovering. Opens the recovery window first if the presence state is gone (no epoch
+/// `KEYS[4]`; a new one is `ARGV[6]`) or nobody renewed presence for `ARGV[4]` ms.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local t = redis.call('TIME')
          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+         local lost = false
+         if not redis.call('GET', KEYS[4]) then
+           redis.call('SET', KEYS[4], ARGV[6])
+           lost = true
+         end
          local beat = tonumber(redis.call('GET', KEYS[2]) or '0')
-         if now - beat > tonumber(ARGV[4]) then
+         if lost or now - beat > tonumber(ARGV[4]) then
            redis.call('SET', KEYS[3], '1', 'PX', ARGV[5], 'NX')
            redis.call('SET', KEYS[2], tostring(now))
          end
@@ -79,35 +89,45 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// A pod's heartbeat: marks presence renewed (opening the recovery window first if it had lapsed
-/// and this pod has users to re-register), renews or re-registers its `ARGV[6]` claims (keys
-/// `KEYS[5..]`, values `ARGV[7..]`), rewrites its presence hash `KEYS[3]` from the field/value
-/// pairs after them, and returns the claims another session holds now.
+/// A pod's heartbeat. Opens the recovery window when the presence state was lost since this pod
+/// last saw it (the epoch `KEYS[5]` is gone or not `ARGV[7]`, the one it knew; a new one is
+/// `ARGV[8]`) or when it has users (`ARGV[5]`) and nobody renewed presence for `ARGV[1]` ms. Then
+/// marks presence renewed, renews or re-registers its `ARGV[6]` claims (keys `KEYS[6..]`, values
+/// `ARGV[9..]`), rewrites its presence hash `KEYS[3]` from the field/value pairs after them, and
+/// returns the epoch followed by the claims another session holds now.
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local t = redis.call('TIME')
          local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-         local beat = tonumber(redis.call('GET', KEYS[1]) or '0')
-         if ARGV[5] == '1' and now - beat > tonumber(ARGV[1]) then
-           redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX')
+         local open = false
+         local epoch = redis.call('GET', KEYS[5])
+         if not epoch then
+           epoch = ARGV[8]
+           redis.call('SET', KEYS[5], epoch)
+           open = ARGV[7] ~= ''
+         elseif ARGV[7] ~= '' and ARGV[7] ~= epoch then
+           open = true
          end
+         local beat = tonumber(redis.call('GET', KEYS[1]) or '0')
+         if ARGV[5] == '1' and now - beat > tonumber(ARGV[1]) then open = true end
+         if open then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2], 'NX') end
          redis.call('SET', KEYS[1], tostring(now))
          local claims = tonumber(ARGV[6])
-         local lost = {}
+         local result = {epoch}
          for i = 1, claims do
-           local key, value = KEYS[4 + i], ARGV[6 + i]
+           local key, value = KEYS[5 + i], ARGV[8 + i]
            local current = redis.call('GET', key)
            if current == value then
              redis.call('PEXPIRE', key, ARGV[3])
            elseif not current then
              redis.call('SET', key, value, 'PX', ARGV[3])
            else
-             table.insert(lost, key)
+             table.insert(result, key)
            end
          end
          redis.call('DEL', KEYS[3])
          local fields = {}
-         for i = 7 + claims, #ARGV do
+         for i = 9 + claims, #ARGV do
            table.insert(fields, ARGV[i])
            if #fields == 1000 then
              redis.call('HSET', KEYS[3], unpack(fields))
@@ -117,7 +137,7 @@ static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
          if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
          redis.call('PEXPIRE', KEYS[3], ARGV[3])
          redis.call('SADD', KEYS[4], ARGV[4])
-         return lost",
+         return result",
     )
 });
 
@@ -142,6 +162,8 @@ pub(super) struct Local {
     releases: Vec<(Nickname, SessionId)>,
     /// When the last heartbeat that succeeded began.
     renewed: Option<Instant>,
+    /// The presence state's epoch as of this pod's last heartbeat; `None` before the first.
+    epoch: Option<String>,
 }
 
 pub(super) fn claim_key(nick: &Nickname) -> String {
@@ -174,57 +196,94 @@ impl ValkeyBus {
     /// releases that failed before.
     pub(super) async fn heartbeat(&self) -> Result<(), BusError> {
         let began = Instant::now();
-        let (keys, values, fields) = {
+        let (snapshot, known) = {
             let local = self.lock_local();
-            let mut keys = Vec::with_capacity(local.claims.len());
-            let mut values = Vec::with_capacity(local.claims.len());
-            let mut fields = Vec::with_capacity(local.claims.len() * 2);
-            for (key, held) in &local.claims {
-                keys.push(key.clone());
-                values.push(claim_value(&held.nick, held.session));
-                fields.push(held.nick.key());
-                fields.push(entry(&held.nick, held.room.as_ref()));
-            }
-            (keys, values, fields)
+            let snapshot: Vec<(String, Nickname, SessionId, Option<RoomName>)> = local
+                .claims
+                .iter()
+                .map(|(key, held)| {
+                    (
+                        key.clone(),
+                        held.nick.clone(),
+                        held.session,
+                        held.room.clone(),
+                    )
+                })
+                .collect();
+            (snapshot, local.epoch.clone().unwrap_or_default())
         };
         let ttl = self.ttl_ms();
-        let mut all_keys = vec![
+        let mut keys = vec![
             BEAT.to_owned(),
             RECOVERING.to_owned(),
             self.presence_key(),
             PODS.to_owned(),
+            EPOCH.to_owned(),
         ];
-        all_keys.extend(keys.iter().cloned());
+        keys.extend(snapshot.iter().map(|(key, ..)| key.clone()));
         let mut args: Vec<String> = vec![
             ttl.to_string(),
             ttl.to_string(),
             ttl.to_string(),
             self.instance.clone(),
-            if keys.is_empty() { "0" } else { "1" }.to_owned(),
-            keys.len().to_string(),
+            if snapshot.is_empty() { "0" } else { "1" }.to_owned(),
+            snapshot.len().to_string(),
+            known,
+            uuid::Uuid::new_v4().simple().to_string(),
         ];
-        args.extend(values);
-        args.extend(fields);
-        let lost: Vec<String> = HEARTBEAT
-            .evalsha_with_reload(&self.client, all_keys, args)
+        args.extend(
+            snapshot
+                .iter()
+                .map(|(_, nick, session, _)| claim_value(nick, *session)),
+        );
+        for (_, nick, _, room) in &snapshot {
+            args.push(nick.key());
+            args.push(entry(nick, room.as_ref()));
+        }
+        let mut answer: Vec<String> = HEARTBEAT
+            .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(failed("heartbeat"))?;
-        let revoked: Vec<SessionId> = {
+        let lost = answer.split_off(1.min(answer.len()));
+        let (revoked, released) = {
             let mut local = self.lock_local();
             local.renewed = Some(began);
-            lost.iter()
-                .filter_map(|key| local.claims.remove(key))
-                .map(|held| held.session)
-                .collect()
+            local.epoch = answer.pop();
+            // Taken by another session: revoked, unless the claim changed hands on this pod since.
+            let mut revoked = Vec::new();
+            for key in &lost {
+                let was = snapshot.iter().find(|(k, ..)| k == key).map(|s| s.2);
+                if local
+                    .claims
+                    .get(key)
+                    .is_some_and(|held| Some(held.session) == was)
+                    && let Some(held) = local.claims.remove(key)
+                {
+                    revoked.push(held.session);
+                }
+            }
+            // Released while the heartbeat ran: it may have re-registered them; release again.
+            let released: Vec<(Nickname, SessionId)> = snapshot
+                .iter()
+                .filter(|(key, _, session, _)| {
+                    local.claims.get(key).is_none_or(|h| h.session != *session)
+                })
+                .map(|(_, nick, session, _)| (nick.clone(), *session))
+                .collect();
+            (revoked, released)
         };
         for session in revoked {
             tracing::warn!(%session, "a live user's nickname was taken while presence was down; disconnecting it");
             self.revoke(session);
         }
-        let pending = std::mem::take(&mut self.lock_local().releases);
+        let mut pending = std::mem::take(&mut self.lock_local().releases);
+        pending.extend(released);
+        // One failure means Valkey is not answering: keep the rest for the next heartbeat rather
+        // than wait out a timeout for each.
+        let mut failed_once = false;
         for (nick, session) in pending {
-            if let Err(e) = self.try_release(&nick, session).await {
-                tracing::debug!(error = %e, %nick, "releasing a nickname failed again");
+            if failed_once || self.try_release(&nick, session).await.is_err() {
+                failed_once = true;
                 self.lock_local().releases.push((nick, session));
             }
         }
@@ -238,33 +297,38 @@ impl ValkeyBus {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            let _ = revoked.try_send(session);
+            let _ = revoked.send(session);
         }
     }
 
     /// Heartbeats every PRESENCE_TTL/3 (at once after a reconnect) and watches the lease, until
-    /// `shutdown`.
+    /// `shutdown`. The lease is watched on its own: a heartbeat waiting out a timeout must not
+    /// keep it from noticing.
     pub(super) async fn keep_presence(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut beat = tokio::time::interval(self.presence_ttl / 3);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lease = tokio::time::interval(Duration::from_millis(250));
-        let mut reconnects = self.client.reconnect_rx();
         // Claims must be given up this long before they could expire elsewhere.
         let margin = (self.presence_ttl / 6).max(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = beat.tick() => {}
-                Ok(_) = reconnects.recv() => tracing::info!("reconnected to Valkey; re-registering presence"),
-                _ = lease.tick() => {
-                    self.check_lease(margin);
-                    continue;
+        let watch = async {
+            let mut lease = tokio::time::interval(Duration::from_millis(250));
+            while shutdown.run_until_cancelled(lease.tick()).await.is_some() {
+                self.check_lease(margin);
+            }
+        };
+        let beat = async {
+            let mut beat = tokio::time::interval(self.presence_ttl / 3);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut reconnects = self.client.reconnect_rx();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = beat.tick() => {}
+                    Ok(_) = reconnects.recv() => tracing::info!("reconnected to Valkey; re-registering presence"),
+                }
+                if let Err(e) = self.heartbeat().await {
+                    tracing::warn!(error = %e, "presence heartbeat failed");
                 }
             }
-            if let Err(e) = self.heartbeat().await {
-                tracing::warn!(error = %e, "presence heartbeat failed");
-            }
-        }
+        };
+        tokio::join!(watch, beat);
     }
 
     /// Disconnects this pod's users when their claims may be about to expire unrenewed.
@@ -399,13 +463,19 @@ impl Presence for ValkeyBus {
         let granted: i64 = CLAIM
             .evalsha_with_reload(
                 &self.client,
-                vec![key.clone(), BEAT.to_owned(), RECOVERING.to_owned()],
+                vec![
+                    key.clone(),
+                    BEAT.to_owned(),
+                    RECOVERING.to_owned(),
+                    EPOCH.to_owned(),
+                ],
                 vec![
                     claim_value(nick, session),
                     ttl.to_string(),
                     session.to_string(),
                     self.ttl_ms().to_string(),
                     self.ttl_ms().to_string(),
+                    uuid::Uuid::new_v4().simple().to_string(),
                 ],
             )
             .await
@@ -503,8 +573,8 @@ impl Presence for ValkeyBus {
         Ok(counts)
     }
 
-    fn revoked(&self) -> mpsc::Receiver<SessionId> {
-        let (tx, rx) = mpsc::channel(1024);
+    fn revoked(&self) -> mpsc::UnboundedReceiver<SessionId> {
+        let (tx, rx) = mpsc::unbounded_channel();
         *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }

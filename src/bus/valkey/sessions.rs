@@ -59,6 +59,24 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Takes session `KEYS[1]` (id `ARGV[2]`) off the expiry schedule `KEYS[2]` and deletes it, if
+/// it is due by `ARGV[1]` and no other pod took it; returns its record then. A session touched
+/// since it was found due stays, rescheduled.
+static TAKE_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return false end
+         local e = redis.call('HGET', KEYS[1], 'e')
+         if e and tonumber(e) > tonumber(ARGV[1]) then
+           redis.call('ZADD', KEYS[2], e, ARGV[2])
+           return false
+         end
+         redis.call('ZREM', KEYS[2], ARGV[2])
+         local r = redis.call('HGET', KEYS[1], 'r')
+         redis.call('DEL', KEYS[1])
+         return r",
+    )
+});
+
 /// Deletes `KEYS[1]` if it still holds `ARGV[1]` (a lock's token).
 static DELETE_IF_OWNED: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
@@ -225,37 +243,20 @@ impl Sessions for ValkeyBus {
     }
 
     async fn take_expired(&self) -> Result<Vec<SessionRecord>, BusError> {
+        let now = now_ms();
         let due: Vec<String> = self
             .client
-            .zrangebyscore(
-                SESSION_EXPIRY,
-                f64::NEG_INFINITY,
-                now_ms() as f64,
-                false,
-                None,
-            )
+            .zrangebyscore(SESSION_EXPIRY, f64::NEG_INFINITY, now as f64, false, None)
             .await
             .map_err(failed("expiring sessions"))?;
         let mut expired = Vec::new();
         for id in due {
-            // ZREM succeeds for one pod only: that pod closes the session.
-            let won: i64 = self
-                .client
-                .zrem(SESSION_EXPIRY, id.as_str())
-                .await
-                .map_err(failed("expiring sessions"))?;
-            if won != 1 {
-                continue;
-            }
-            let key = format!("session:{id}");
-            let record: Option<String> = self
-                .client
-                .hget(&key, "r")
-                .await
-                .map_err(failed("expiring sessions"))?;
-            let _: i64 = self
-                .client
-                .del(&key)
+            let record: Option<String> = TAKE_EXPIRED
+                .evalsha_with_reload(
+                    &self.client,
+                    vec![format!("session:{id}"), SESSION_EXPIRY.to_owned()],
+                    vec![now.to_string(), id],
+                )
                 .await
                 .map_err(failed("expiring sessions"))?;
             expired.extend(record.and_then(|r| serde_json::from_str(&r).ok()));

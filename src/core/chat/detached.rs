@@ -60,25 +60,50 @@ impl Chat {
     }
 
     async fn command_locked(&self, id: SessionId, line: &str) -> Result<Reply, Error> {
-        let mut session = self.resume(id).await?;
+        let stored = self.resume(id).await?;
+        let saved_nick = stored.nick().cloned();
+        let mut session = stored;
         let reply = self.handle(&mut session, line).await;
+        let given_up = std::mem::take(&mut session.given_up);
         if let Ok(Reply::Quit(_)) = reply {
+            for nick in &given_up {
+                self.presence.release(nick, id).await;
+            }
             self.close(session).await;
             return reply;
         }
         // Saved even after an error: a command may have changed the session before failing.
         let record = session.record().ok_or(Error::UnknownSession)?;
-        if !self
+        let saved = self
             .sessions
             .save(&record, session.version, self.limits.session_idle)
-            .await?
-        {
-            // Only if the lock lapsed mid-request: what this request did is not lost, but the
-            // record now says something else; the client must look again.
-            tracing::warn!(session = %id, "a session changed while its lock was held");
-            return Err(Error::SessionBusy);
+            .await;
+        match saved {
+            Ok(true) => {
+                for nick in &given_up {
+                    self.presence.release(nick, id).await;
+                }
+                reply
+            }
+            failed => {
+                // The stored session still goes by its old name: the new one goes back.
+                if saved_nick
+                    .as_ref()
+                    .is_some_and(|old| old.key() != record.nick.key())
+                {
+                    self.presence.release(&record.nick, id).await;
+                }
+                match failed {
+                    Err(e) => Err(e.into()),
+                    // Only if the lock lapsed mid-request: the record now says something else;
+                    // the client must look again.
+                    _ => {
+                        tracing::warn!(session = %id, "a session changed while its lock was held");
+                        Err(Error::SessionBusy)
+                    }
+                }
+            }
         }
-        reply
     }
 
     /// Posts a chat message for an HTTP session. With a client message id, a retry (on any pod)

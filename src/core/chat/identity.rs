@@ -148,7 +148,13 @@ impl Chat {
         let holder = self.holder(session);
         let user = self.claim_user(session.id, new.clone(), holder).await?;
         if old.nick.key() != new.key() {
-            self.presence.release(&old.nick, session.id).await;
+            if session.outbox.is_some() {
+                self.presence.release(&old.nick, session.id).await;
+            } else {
+                // An HTTP session gives its old name up only once the new one is saved: until
+                // then the stored session still goes by it.
+                session.given_up.push(old.nick.clone());
+            }
         }
         if let Some(outbox) = &session.outbox {
             self.feeds.unregister_user(&old.nick, outbox.id);
@@ -188,7 +194,7 @@ impl Chat {
     /// vouch for, until `shutdown`.
     pub async fn run_revocations(
         self: Arc<Self>,
-        mut revoked: mpsc::Receiver<SessionId>,
+        mut revoked: mpsc::UnboundedReceiver<SessionId>,
         shutdown: CancellationToken,
     ) {
         while let Some(Some(id)) = shutdown.run_until_cancelled(revoked.recv()).await {

@@ -223,3 +223,175 @@ fn help() -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::bus::local::LocalBus;
+    use crate::core::model::{Delivery, Event};
+    use crate::core::names::Nickname;
+    use crate::core::outbox::Inbox;
+    use crate::core::session::Transport;
+    use crate::store::memory::MemoryStore;
+
+    /// A chat over the in-memory store and bus, its commit and publish tasks running.
+    fn chat() -> Arc<Chat> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1000));
+        let local = Arc::new(LocalBus::new());
+        let shutdown = CancellationToken::new();
+        let feeds = Arc::new(Feeds::new(store.clone(), 3, shutdown.clone()));
+        let (publisher, publishing) = Publisher::start(local.clone(), shutdown);
+        let (committer, committing) =
+            Committer::start(store.clone(), feeds.clone(), publisher.clone(), 16);
+        tokio::spawn(publishing);
+        tokio::spawn(committing);
+        let limits = Limits {
+            max_message_chars: 100,
+            rate_per_sec: NonZeroU32::new(1000).unwrap(),
+            rate_burst: NonZeroU32::new(1000).unwrap(),
+            send_queue: 64,
+            session_idle: Duration::from_secs(60),
+        };
+        let ports = Ports {
+            store,
+            bus: local.clone(),
+            presence: local.clone(),
+            sessions: local,
+        };
+        Arc::new(Chat::new(ports, feeds, publisher, committer, limits))
+    }
+
+    async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
+        let (mut session, inbox) = chat.open(Transport::Tcp);
+        chat.login(&mut session, nick).await.unwrap();
+        (session, inbox)
+    }
+
+    async fn say(chat: &Chat, session: &mut Session, line: &str) -> String {
+        match chat.handle(session, line).await.unwrap() {
+            Reply::Text(text) | Reply::Quit(text) => text,
+            Reply::Sent(ack) => ack.committed().await.unwrap().line(),
+            Reply::Nothing => String::new(),
+        }
+    }
+
+    /// Every line a receiver has been queued, as a TCP user would read them.
+    fn lines(session: &mut Session, inbox: &mut Inbox) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(delivery) = inbox.rx.try_recv() {
+            if let Some(crate::core::Show::Event(event)) = session.admit(&delivery) {
+                lines.push(event.event.text());
+            }
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn a_join_shows_the_history_then_every_later_message_once() {
+        let chat = chat();
+        let (mut ann, mut ann_in) = live(&chat, "ann").await;
+        say(&chat, &mut ann, "/create r").await;
+        for i in 1..=4 {
+            say(&chat, &mut ann, &format!("m{i}")).await;
+        }
+        let (mut bob, mut bob_in) = live(&chat, "bob").await;
+        let joined = say(&chat, &mut bob, "/join r").await;
+        assert_eq!(
+            joined,
+            "Joined room: r\n--- Recent Messages ---\n[r] ann: m2\n[r] ann: m3\n[r] ann: m4\n---"
+        );
+        say(&chat, &mut ann, "m5").await;
+        assert_eq!(lines(&mut bob, &mut bob_in), ["[r] ann: m5"]);
+        let ann_saw = lines(&mut ann, &mut ann_in);
+        assert_eq!(ann_saw.last().unwrap(), "[r] ann: m5");
+        assert!(ann_saw.contains(&"[system] bob joined r".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_rename_holds_the_new_name_frees_the_old_and_tells_the_room() {
+        let chat = chat();
+        let (mut ann, _) = live(&chat, "ann").await;
+        say(&chat, &mut ann, "/create r").await;
+        let (mut bob, mut bob_in) = live(&chat, "bob").await;
+        say(&chat, &mut bob, "/join r").await;
+        assert_eq!(
+            say(&chat, &mut ann, "/nick anne").await,
+            "You are now known as anne"
+        );
+        assert_eq!(
+            lines(&mut bob, &mut bob_in),
+            ["[system] ann is now known as anne"]
+        );
+        let (mut newcomer, _) = chat.open(Transport::Tcp);
+        assert!(matches!(
+            chat.login(&mut newcomer, "ANNE").await,
+            Err(Error::NicknameInUse(_))
+        ));
+        assert!(chat.login(&mut newcomer, "ann").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_http_sessions_nick_and_join_at_once_both_take_effect() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        say(&chat, &mut setup, "/create b").await;
+        let record = chat.connect("web").await.unwrap();
+        for round in 0..10 {
+            let (nick, room) = (format!("web{round}"), ["a", "b"][round % 2]);
+            let (rename, join) = (format!("/nick {nick}"), format!("/join {room}"));
+            let (renamed, joined) = tokio::join!(
+                chat.command(record.id, &rename),
+                chat.command(record.id, &join)
+            );
+            assert!(renamed.is_ok() && joined.is_ok());
+            let posted = chat.post(record.id, "hi", None).await.unwrap();
+            assert_eq!(
+                (posted.room.as_str(), posted.user.as_str()),
+                (room, nick.as_str())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_client_message_id_returns_the_original_even_after_a_move() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        say(&chat, &mut setup, "/create b").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        let first = chat.post(web.id, "once", Some("k")).await.unwrap();
+        chat.command(web.id, "/join b").await.unwrap();
+        let again = chat.post(web.id, "once", Some("k")).await.unwrap();
+        assert_eq!(again, first, "the original message, in its own room");
+        let other = chat.post(web.id, "once", Some("k2")).await.unwrap();
+        assert_eq!((other.room.as_str(), other.seq), ("b", 1));
+    }
+
+    #[tokio::test]
+    async fn a_dm_reaches_the_recipient_and_an_unknown_one_is_refused() {
+        let chat = chat();
+        let (mut ann, _) = live(&chat, "ann").await;
+        let (mut bob, mut bob_in) = live(&chat, "bob").await;
+        assert_eq!(
+            say(&chat, &mut ann, "/dm BOB psst").await,
+            "[DM to bob] psst"
+        );
+        let delivery = bob_in.rx.try_recv().unwrap();
+        assert!(
+            matches!(&delivery, Delivery::Event(e) if e.event == Event::Dm {
+                from: Nickname::parse("ann").unwrap(),
+                to: Nickname::parse("bob").unwrap(),
+                content: "psst".into(),
+            })
+        );
+        assert!(matches!(
+            chat.handle(&mut ann, "/dm carl hello").await,
+            Err(Error::UnknownUser(_))
+        ));
+        let _ = &mut bob;
+    }
+}

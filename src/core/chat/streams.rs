@@ -19,11 +19,15 @@ use crate::core::outbox::{Inbox, Outbox, queue};
 /// A resume further behind than this starts from a reset instead of replaying everything.
 const MAX_CATCH_UP: i64 = 10_000;
 
-/// Where a client resumes: after this seq, in the store history it was seen in (if it says).
+/// Where a client resumes: after this seq — in the store history it was seen in, and (a
+/// session's stream) the room the stream was in, when the client says.
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
     pub after: Option<i64>,
     pub epoch: Option<String>,
+    /// The room a session's stream started in last time (empty: none). A position kept from a
+    /// stream that started in another room may belong to that room: it is not trusted.
+    pub room: Option<String>,
 }
 
 pub struct EventStream {
@@ -139,7 +143,11 @@ impl Chat {
         let from = match &record.room {
             Some(room) => {
                 let after = resume.after.unwrap_or(record.seen);
-                let same = resume.epoch.is_none_or(|e| e == epoch);
+                let same_room = resume
+                    .room
+                    .as_deref()
+                    .is_none_or(|r| RoomName::parse(r).is_ok_and(|r| r == room.name));
+                let same = resume.epoch.is_none_or(|e| e == epoch) && same_room;
                 self.resume_at(room, after, Some(record.seen), same, &outbox)
                     .await?
             }

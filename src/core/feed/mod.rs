@@ -10,7 +10,9 @@
 //! receiver up read the store in tasks of their own, one repair at a time per room, so whoever
 //! hands an envelope over (the bus loop, a commit) never waits on the database.
 
+mod catch_up;
 mod directory;
+mod repair;
 mod room;
 
 use std::collections::HashMap;
@@ -24,14 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::model::{Broadcast, ChatMessage, Delivery, Envelope, Event, Room, SessionId};
+use super::model::{Broadcast, ChatMessage, Envelope, Event, Room, SessionId};
 use super::names::{Nickname, RoomName};
 use super::outbox::Outbox;
 use super::ports::{Store, StoreError};
 use crate::telemetry::metric;
 use directory::Directory;
 pub use room::HOLD;
-use room::{Attach, RoomFeed};
+use room::RoomFeed;
 
 /// Messages read from the store per repair or catch-up query: what one catch-up holds in memory.
 const PAGE: usize = 500;
@@ -48,7 +50,8 @@ pub struct Feeds {
 struct Inner {
     store: Arc<dyn Store>,
     history_size: usize,
-    // std Mutexes, never held across an await. Lock order: directory, rooms, a feed.
+    // std Mutexes, never held across an await. Lock order: rooms, then a feed; the directory is
+    // never held together with either.
     rooms: Mutex<HashMap<RoomName, Arc<Cell>>>,
     directory: Mutex<Directory>,
     catch_ups: Semaphore,
@@ -146,21 +149,18 @@ impl Feeds {
         member: Outbox,
     ) -> Result<(Vec<Arc<Broadcast>>, i64), StoreError> {
         let inner = &self.inner;
-        loop {
-            let cell = inner.cell_or_new(room);
-            let hit = cell.loaded.initialized();
-            inner.load(&cell).await?;
-            // Under the rooms lock: a cell the last member just left is no longer in the map.
-            let rooms = lock(&inner.rooms);
-            if rooms.get(&room.name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                let mut feed = cell.feed();
-                let history = feed.join(member, inner.history_size);
-                let at = feed.delivered().unwrap_or_default();
-                let result = if hit { "hit" } else { "miss" };
-                metrics::counter!(metric::HISTORY_REQUESTS, "result" => result).increment(1);
-                return Ok((history, at));
-            }
-        }
+        let hit = inner
+            .cell(&room.name)
+            .is_some_and(|c| c.loaded.initialized());
+        let (history, at) = inner
+            .enter(room, |feed| {
+                let history = feed.join(member.clone(), inner.history_size);
+                (history, feed.delivered().unwrap_or_default())
+            })
+            .await?;
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!(metric::HISTORY_REQUESTS, "result" => result).increment(1);
+        Ok((history, at))
     }
 
     /// Feeds `member` from after `cursor`: at once from the ring when it reaches back that far,
@@ -308,6 +308,44 @@ impl Inner {
             .clone()
     }
 
+    /// Runs `step` on `room`'s feed once it is loaded, and is still the room's feed (not one its
+    /// last member just left). Then starts the repair of a gap the feed has and nobody repairs.
+    async fn enter<T>(
+        &self,
+        room: &Room,
+        step: impl Fn(&mut RoomFeed) -> T,
+    ) -> Result<T, StoreError> {
+        loop {
+            let cell = self.cell_or_new(room);
+            if let Err(e) = self.load(&cell).await {
+                self.drop_if_unused(&room.name, &cell);
+                return Err(e);
+            }
+            let (result, due) = {
+                let rooms = lock(&self.rooms);
+                if !rooms.get(&room.name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    continue;
+                }
+                let mut feed = cell.feed();
+                let result = step(&mut feed);
+                let due = (feed.gap().is_some() && !feed.repairing).then(|| Instant::now() + HOLD);
+                (result, due)
+            };
+            if let Some(due) = due {
+                self.repair(&cell, due);
+            }
+            return Ok(result);
+        }
+    }
+
+    /// Forgets a feed nobody is in (its load failed, say), so it does not sit holding messages.
+    fn drop_if_unused(&self, room: &RoomName, cell: &Arc<Cell>) {
+        let mut rooms = lock(&self.rooms);
+        if rooms.get(room).is_some_and(|c| Arc::ptr_eq(c, cell)) && cell.feed().is_empty() {
+            rooms.remove(room);
+        }
+    }
+
     async fn tail(&self, room_id: i64) -> Result<super::ports::RoomTail, StoreError> {
         let tails = self.store.room_tails(&[room_id]).await?;
         tails
@@ -330,289 +368,143 @@ impl Inner {
                 Ok::<_, StoreError>(())
             })
             .await?;
-        // Messages held while it loaded may have left a gap behind them.
-        let due = {
-            let feed = cell.feed();
-            feed.gap().map(|_| Instant::now() + HOLD)
-        };
-        if let Some(due) = due {
-            self.repair(cell, due);
-        }
         Ok(())
     }
-
-    /// Starts the room's repair, unless one runs: it waits out the hold, then reads the missing
-    /// seqs page by page, with back-off while the store fails, until the feed is contiguous.
-    fn repair(&self, cell: &Arc<Cell>, due: Instant) {
-        {
-            let mut feed = cell.feed();
-            if feed.repairing {
-                return;
-            }
-            feed.repairing = true;
-        }
-        let (store, cell, shutdown) = (self.store.clone(), cell.clone(), self.shutdown.clone());
-        self.tasks
-            .spawn(repair(store, cell, due, shutdown).in_current_span());
-    }
-
-    async fn attach(
-        self: Arc<Self>,
-        room: &Room,
-        member: Outbox,
-        cursor: i64,
-        wanted: impl Fn() -> bool + Send + Sync + 'static,
-    ) -> Result<(), StoreError> {
-        loop {
-            let cell = self.cell_or_new(room);
-            self.load(&cell).await?;
-            let rooms = lock(&self.rooms);
-            if !rooms.get(&room.name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                continue;
-            }
-            if !wanted() {
-                return Ok(());
-            }
-            let from = match cell.feed().attach(member.clone(), cursor) {
-                Attach::Live => return Ok(()),
-                Attach::CatchUpFrom(from) => from,
-            };
-            drop(rooms);
-            let inner = self.clone();
-            let room = room.clone();
-            self.tasks.spawn(
-                async move { inner.catch_up(room, member, from, wanted).await }.in_current_span(),
-            );
-            return Ok(());
-        }
-    }
-
-    /// Reads what `member` missed after `cursor` from the store, page by page, each page checked
-    /// for contiguity and queued as fast as the receiver takes it, then attaches it live.
-    async fn catch_up(
-        self: Arc<Self>,
-        room: Room,
-        member: Outbox,
-        mut cursor: i64,
-        wanted: impl Fn() -> bool + Send + Sync + 'static,
-    ) {
-        let Ok(_permit) = self.catch_ups.acquire().await else {
-            return;
-        };
-        let mut delays = backoff();
-        loop {
-            if !wanted() || self.shutdown.is_cancelled() {
-                return;
-            }
-            let page = match self.store.messages_after(room.id, cursor, PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, room = %room.name, "catch-up read failed; retrying");
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
-                    continue;
-                }
-            };
-            if let Some(first) = page.first().map(|m| m.seq)
-                && first != cursor + 1
-            {
-                // Retention took what it missed: it is told, then gets what there is.
-                let reset = Delivery::Reset {
-                    room: room.name.clone(),
-                    next: first,
-                };
-                if !member.send(reset).await {
-                    return;
-                }
-            }
-            let done = page.len() < PAGE;
-            for message in page {
-                cursor = message.seq;
-                if !member
-                    .send(Delivery::Event(Broadcast::message(message)))
-                    .await
-                {
-                    return;
-                }
-            }
-            if done {
-                // Close enough: the ring bridges the rest (or another page is needed).
-                let Some(cell) = self.cell(&room.name) else {
-                    return;
-                };
-                let rooms = lock(&self.rooms);
-                if !wanted() || !rooms.get(&room.name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                    return;
-                }
-                match cell.feed().attach(member.clone(), cursor) {
-                    Attach::Live => return,
-                    Attach::CatchUpFrom(from) => cursor = from,
-                }
-            }
-        }
-    }
-
-    /// Probes every loaded feed's tail in one store call; a feed behind its tail starts a repair
-    /// after the hold.
-    async fn probe(&self) {
-        let cells: Vec<Arc<Cell>> = lock(&self.rooms)
-            .values()
-            .filter(|c| c.loaded.initialized())
-            .cloned()
-            .collect();
-        if cells.is_empty() {
-            return;
-        }
-        let ids: Vec<i64> = cells.iter().map(|c| c.feed().room.id).collect();
-        let tails = match self.store.room_tails(&ids).await {
-            Ok(tails) => tails,
-            Err(e) => return tracing::debug!(error = %e, "tail probe failed"),
-        };
-        let last: HashMap<i64, i64> = tails.iter().map(|t| (t.room_id, t.last_seq)).collect();
-        let now = Instant::now();
-        for cell in cells {
-            let due = {
-                let mut feed = cell.feed();
-                let Some(&seq) = last.get(&feed.room.id) else {
-                    continue;
-                };
-                feed.probed(seq, now)
-            };
-            if let Some(due) = due {
-                self.repair(&cell, due);
-            }
-        }
-    }
-
-    /// A followed session moved: its streams here leave the old room and follow into the new one.
-    fn move_followers(
-        self: Arc<Self>,
-        session: SessionId,
-        nick: Nickname,
-        room: Option<Room>,
-        seen: i64,
-    ) {
-        let moved = lock(&self.directory).moved(session, &nick, room.as_ref());
-        for (outbox, old, generation) in moved {
-            if let Some(old) = old {
-                let mut rooms = lock(&self.rooms);
-                if let Some(cell) = rooms.get(&old)
-                    && cell.feed().leave(outbox.id)
-                {
-                    rooms.remove(&old);
-                }
-            }
-            let position = super::model::Position {
-                room: room.as_ref().map(|r| r.name.clone()),
-                seen,
-            };
-            if !outbox.push(Delivery::Moved(position)) {
-                continue;
-            }
-            if let Some(room) = room.clone() {
-                let inner = self.clone();
-                let wanted = inner.clone().follower_wanted(outbox.clone(), generation);
-                let follow = async move {
-                    let name = room.name.clone();
-                    if let Err(e) = inner.attach(&room, outbox, seen, wanted).await {
-                        tracing::warn!(error = %e, room = %name, "a stream could not follow its session");
-                    }
-                };
-                self.tasks.spawn(follow.in_current_span());
-            }
-        }
-    }
-
-    /// Whether a follower is still there and has not moved on since `generation`.
-    fn follower_wanted(
-        self: Arc<Self>,
-        outbox: Outbox,
-        generation: u64,
-    ) -> impl Fn() -> bool + Send + Sync + 'static {
-        move || {
-            outbox.is_open()
-                && lock(&self.directory).generation(outbox.session, outbox.id) == Some(generation)
-        }
-    }
 }
 
-/// What a repair does next.
-enum Next {
-    /// Nothing is missing (or nobody is left to repair it for): the repair ends.
-    Done,
-    /// A gap is still within its hold: look again then.
-    Wait(Instant),
-    /// Read after `.1` (up to `.2`) in room `.0`.
-    Read(Room, (i64, i64)),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Delivery, MessageKey, NewMessage};
+    use crate::core::outbox::{Inbox, queue};
+    use crate::store::memory::MemoryStore;
+    use time::OffsetDateTime;
 
-fn next_step(cell: &Cell) -> Next {
-    let mut feed = cell.feed();
-    let now = Instant::now();
-    match feed.gap() {
-        Some(_) if feed.is_empty() => {}
-        Some(_) if !feed.gap_due(now) => return Next::Wait(now + HOLD),
-        Some(gap) => return Next::Read(feed.room.clone(), gap),
-        None => {}
-    }
-    feed.repairing = false;
-    Next::Done
-}
-
-/// Puts a page read from the store into the feed. A page that does not start right after the
-/// gap's start means the store no longer has those seqs (retention removed them while this pod
-/// was behind, or a restore took them): members are told, and the feed moves on.
-fn fill(cell: &Cell, room: &Room, gap: (i64, i64), page: Vec<ChatMessage>) {
-    let mut feed = cell.feed();
-    let first = page.first().map(|m| m.seq);
-    if first != Some(gap.0 + 1) {
-        let up_to = first.map_or(gap.1, |f| f - 1);
-        tracing::warn!(room = %room.name, after = gap.0, up_to, "messages no longer in the store were skipped");
-        metrics::counter!(metric::DROPPED, "reason" => "gap_skipped")
-            .increment((up_to - gap.0) as u64);
-        feed.skip(up_to, Instant::now());
-    } else {
-        metrics::counter!(metric::GAP_REPAIRS).increment(1);
-        tracing::debug!(room = %room.name, after = gap.0, filled = page.len(), "filled a gap from the store");
-    }
-    feed.fill(page, Instant::now());
-}
-
-async fn repair(store: Arc<dyn Store>, cell: Arc<Cell>, due: Instant, shutdown: CancellationToken) {
-    let mut wait_until = due;
-    let mut delays = backoff();
-    loop {
-        if shutdown
-            .run_until_cancelled(tokio::time::sleep_until(wait_until))
+    /// A store with one room of `count` messages, and feeds over it.
+    async fn room_with(count: usize) -> (Arc<MemoryStore>, Feeds, Room) {
+        let store = Arc::new(MemoryStore::new(10_000));
+        let room = store
+            .create_room(&RoomName::parse("r").unwrap())
             .await
-            .is_none()
-        {
-            return;
+            .unwrap()
+            .unwrap();
+        for i in 0..count {
+            append(&store, &room, &format!("m{i}")).await;
         }
-        let (room, gap) = match next_step(&cell) {
-            Next::Done => return,
-            Next::Wait(until) => {
-                wait_until = until;
-                continue;
-            }
-            Next::Read(room, gap) => (room, gap),
+        let feeds = Feeds::new(store.clone(), 3, CancellationToken::new());
+        (store, feeds, room)
+    }
+
+    async fn append(store: &MemoryStore, room: &Room, content: &str) -> ChatMessage {
+        let new = NewMessage {
+            key: MessageKey::new_v4(),
+            client_keyed: false,
+            room_id: room.id,
+            room: room.name.clone(),
+            user_id: 1,
+            user: Nickname::parse("u").unwrap(),
+            content: content.into(),
+            created_at: OffsetDateTime::now_utc(),
         };
-        match store.messages_after(room.id, gap.0, PAGE).await {
-            Ok(page) => {
-                fill(&cell, &room, gap, page);
-                delays = backoff();
-                // A long gap goes out a page at a time, as fast as the members take it: pushed
-                // all at once it would overflow the queues of members who only needed a moment
-                // to read it.
-                let paced = Instant::now() + PACE_LIMIT;
-                while !cell.feed().members_have_room(PAGE) && Instant::now() < paced {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                wait_until = Instant::now();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, room = %room.name, after = gap.0, "gap repair failed; retrying");
-                wait_until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(5));
-            }
+        store.append_messages(&[new]).await.unwrap().remove(0)
+    }
+
+    fn receiver() -> (Outbox, Inbox) {
+        let id = SessionId::random();
+        queue(id, id, 64)
+    }
+
+    /// The next message seq a receiver is given (a reset is -1).
+    async fn next_seq(inbox: &mut Inbox) -> i64 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.rx.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("an open queue");
+        match delivery {
+            Delivery::Event(event) => event.seq().expect("a message"),
+            Delivery::Reset { .. } => -1,
+            Delivery::Moved(_) => 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_the_bus_never_brought_is_read_from_the_store_after_the_hold() {
+        let (store, feeds, room) = room_with(2).await;
+        let (member, mut inbox) = receiver();
+        let (history, at) = feeds.join(&room, member).await.unwrap();
+        assert_eq!((history.len(), at), (2, 2));
+        // Seq 3 is committed elsewhere and its publish lost; seq 4 arrives.
+        append(&store, &room, "lost").await;
+        let next = append(&store, &room, "arrives").await;
+        feeds.deliver(Envelope::Message(next));
+        assert_eq!(next_seq(&mut inbox).await, 3);
+        assert_eq!(next_seq(&mut inbox).await, 4);
+    }
+
+    #[tokio::test]
+    async fn the_tail_probe_finds_a_rooms_lost_last_message() {
+        let (store, feeds, room) = room_with(1).await;
+        let (member, mut inbox) = receiver();
+        feeds.join(&room, member).await.unwrap();
+        append(&store, &room, "the last word").await;
+        feeds.inner.probe().await;
+        assert_eq!(next_seq(&mut inbox).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_cursor_catches_up_from_the_store_then_goes_live_even_if_the_feed_was_dropped()
+    {
+        let (store, feeds, room) = room_with(20).await;
+        let (other, _other_inbox) = receiver();
+        feeds.join(&room, other.clone()).await.unwrap();
+        let (stream, mut inbox) = receiver();
+        // Far behind the ring (3): a catch-up runs; meanwhile the only member leaves.
+        feeds.attach(&room, stream, 5).await.unwrap();
+        feeds.leave(&room.name, other.id);
+        for seq in 6..=20 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+        // Whenever the hand-over happens — before the message (then it is delivered live) or
+        // after (then the new feed's ring has it) — the stream gets it.
+        let next = append(&store, &room, "live").await;
+        feeds.deliver(Envelope::Message(next));
+        assert_eq!(next_seq(&mut inbox).await, 21);
+    }
+
+    #[tokio::test]
+    async fn a_stream_following_a_session_moves_with_it_from_where_the_session_was_shown() {
+        let (store, feeds, first) = room_with(2).await;
+        let second = store
+            .create_room(&RoomName::parse("s").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        for i in 0..3 {
+            append(&store, &second, &format!("s{i}")).await;
+        }
+        let session = SessionId::random();
+        let (outbox, mut inbox) = queue(SessionId::random(), session, 64);
+        let nick = Nickname::parse("web").unwrap();
+        feeds.follow(&nick, Some(&first), 2, outbox).await.unwrap();
+        feeds.deliver(Envelope::SessionMoved {
+            session,
+            nick: nick.clone(),
+            room: Some(second.clone()),
+            seen: 1,
+        });
+        assert_eq!(next_seq(&mut inbox).await, 0, "told it moved");
+        assert_eq!(
+            next_seq(&mut inbox).await,
+            2,
+            "then what came after its history"
+        );
+        assert_eq!(next_seq(&mut inbox).await, 3);
+        let live = append(&store, &second, "live").await;
+        feeds.deliver(Envelope::Message(live));
+        assert_eq!(next_seq(&mut inbox).await, 4);
+        // The room it left no longer reaches it.
+        let elsewhere = append(&store, &first, "elsewhere").await;
+        feeds.deliver(Envelope::Message(elsewhere));
+        assert!(inbox.rx.try_recv().is_err());
     }
 }

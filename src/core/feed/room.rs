@@ -176,6 +176,27 @@ impl RoomFeed {
         self.ring.iter().skip(skip).cloned().collect()
     }
 
+    /// Ends a repair that has nobody left to repair for; a later member starts one afresh.
+    pub fn stand_down(&mut self) {
+        self.repairing = false;
+        self.gap_since = None;
+    }
+
+    /// The store's history now ends at `last_seq`, before what this feed delivered (a restore):
+    /// members are told their place is gone, and the feed goes on from there.
+    pub fn rewind(&mut self, last_seq: i64, now: Instant) {
+        self.delivered = Some(last_seq);
+        self.tail = last_seq;
+        self.held.clear();
+        self.ring.clear();
+        let reset = Delivery::Reset {
+            room: self.room.name.clone(),
+            next: last_seq + 1,
+        };
+        self.members.retain(|m| m.push(reset.clone()));
+        self.gap_opened(now);
+    }
+
     /// A new member's history block (the newest `history` messages, oldest first) and its
     /// membership, in one step: nothing delivered later is in the block, nothing in it comes again.
     pub fn join(&mut self, member: Outbox, history: usize) -> Vec<Arc<Broadcast>> {
@@ -459,6 +480,19 @@ mod tests {
         feed.skip(8, now);
         assert_eq!(received(&mut inbox), [-1, 9]);
         assert_eq!(feed.gap(), None);
+    }
+
+    #[test]
+    fn a_store_gone_back_rewinds_the_feed_and_resets_its_members() {
+        let (mut feed, mut inbox, now) = at_four();
+        admit(&mut feed, 5, now);
+        feed.rewind(3, now);
+        admit(&mut feed, 4, now);
+        assert_eq!(
+            received(&mut inbox),
+            [5, -1, 4],
+            "the new seq 4 is shown after the reset"
+        );
     }
 
     #[test]
