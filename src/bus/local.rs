@@ -82,6 +82,15 @@ impl Presence for LocalBus {
         }
     }
 
+    async fn reclaim(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<Claim, BusError> {
+        self.claim(nick, session, holder).await
+    }
+
     async fn release(&self, nick: &Nickname, session: SessionId) {
         let mut state = self.state();
         if state

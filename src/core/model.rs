@@ -109,14 +109,9 @@ pub enum Envelope {
         to: Nickname,
         content: String,
     },
-    /// An HTTP session's nickname or room changed: its event streams, on whatever pod, follow.
-    /// `seen` is the last seq of `room` the session was shown (its join's history block).
-    SessionMoved {
-        session: SessionId,
-        nick: Nickname,
-        room: Option<Room>,
-        seen: i64,
-    },
+    /// An HTTP session's nickname or room changed: its event streams, on whatever pod, follow
+    /// (from `seen`, the last seq of its room it was shown: its join's history block).
+    SessionMoved(SessionRecord),
 }
 
 /// Something a receiver is shown.

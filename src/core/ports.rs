@@ -104,8 +104,9 @@ pub enum Inbound {
     Envelope(Envelope),
     /// Some envelopes may have been lost (a reconnect, a restart of the bus, a reader that fell
     /// behind): the core repairs from the sources of truth — the store for messages, the session
-    /// store for where sessions are.
-    Resync,
+    /// store for where sessions are. `state_lost`: the shared state itself was lost (Valkey
+    /// restarted empty), sessions included; pods bring back those whose streams they hold.
+    Resync { state_lost: bool },
 }
 
 /// Moves envelopes between pods. A pod's own envelopes are not handed back to it: the core
@@ -147,6 +148,16 @@ pub enum Claim {
 pub trait Presence: Send + Sync + 'static {
     /// Claims a nickname for a session, case-insensitively.
     async fn claim(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<Claim, BusError>;
+
+    /// Claims a nickname again for a session that held it before the presence service lost its
+    /// state: allowed while live users re-register (when new claims wait). Taken when someone
+    /// else got it first.
+    async fn reclaim(
         &self,
         nick: &Nickname,
         session: SessionId,

@@ -859,3 +859,52 @@ async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_i
         "nothing after the join is skipped: {contents:?}"
     );
 }
+
+#[tokio::test]
+async fn a_browser_with_an_open_stream_keeps_its_session_and_name_through_a_valkey_restart() {
+    let mut cluster = Cluster::start(2, &[("PRESENCE_TTL_SECS", "3")]).await;
+    let mut nc = Client::login(cluster.tcp(0), "nc").await;
+    nc.create("lobby").await;
+    let (a, b) = (cluster.http(0), cluster.http(1));
+    let web = a.connect("web").await;
+    a.command(&web, "/join lobby").await;
+    nc.expect("[system] web joined lobby").await;
+    let mut events = b
+        .stream(&format!("/api/events?sessionId={web}"), None)
+        .await;
+    events.expect("connected").await;
+    cluster.valkey.stop();
+    cluster.valkey.resume();
+    // The replica holding its stream brings the session back; meanwhile, and after, its name is
+    // never free.
+    let back = Instant::now();
+    loop {
+        for http in [&a, &b] {
+            let (status, body) = http
+                .post("/api/connect", json!({ "nickname": "web" }))
+                .await;
+            assert_ne!(
+                status,
+                StatusCode::OK,
+                "web was free {:?} after the restart: {body}",
+                back.elapsed()
+            );
+        }
+        let (status, body) = a
+            .post(
+                "/api/message",
+                json!({ "sessionId": web, "content": "still here" }),
+            )
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the session is not back: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next_message(&mut events).await["content"], "still here");
+    nc.expect("[lobby] web: still here").await;
+}

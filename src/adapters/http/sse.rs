@@ -58,11 +58,12 @@ pub async fn get_room_stream(
         .chat
         .resume(credentials.session(query.session_id.as_deref())?)
         .await?;
+    let record = session.record().ok_or(Error::UnknownSession)?;
     let name = RoomName::parse(&room).map_err(Error::from)?;
     let room = state.chat.find_room(&name).await?;
     let stream = state
         .chat
-        .open_room_stream(session.id, &room, resume(&headers, &query, None))
+        .open_room_stream(&record, &room, resume(&headers, &query, None))
         .await?;
     Ok(respond(stream, &state))
 }

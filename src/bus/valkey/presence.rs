@@ -47,7 +47,8 @@ pub(super) const SESSION_GRACE: Duration = Duration::from_secs(300);
 
 /// Claims `KEYS[1]` for session `ARGV[3]` (value `ARGV[1]`, for `ARGV[2]` ms): 1 granted, 0 taken,
 /// -1 recovering. Opens the recovery window first if the presence state is gone (no epoch
-/// `KEYS[4]`; a new one is `ARGV[6]`) or nobody renewed presence for `ARGV[4]` ms.
+/// `KEYS[4]`; a new one is `ARGV[6]`) or nobody renewed presence for `ARGV[4]` ms. A claim made
+/// again by a session that held it before (`ARGV[7]` is `again`) does not wait out the window.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local t = redis.call('TIME')
@@ -70,7 +71,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
            end
            return 0
          end
-         if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+         if ARGV[7] ~= 'again' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
          return 1",
     )
@@ -455,59 +456,17 @@ impl Presence for ValkeyBus {
         session: SessionId,
         holder: Holder,
     ) -> Result<Claim, BusError> {
-        let key = claim_key(nick);
-        let ttl = match holder {
-            Holder::Pod => self.ttl_ms(),
-            Holder::Session(idle) => (idle + SESSION_GRACE).as_millis() as u64,
-        };
-        let granted: i64 = CLAIM
-            .evalsha_with_reload(
-                &self.client,
-                vec![
-                    key.clone(),
-                    BEAT.to_owned(),
-                    RECOVERING.to_owned(),
-                    EPOCH.to_owned(),
-                ],
-                vec![
-                    claim_value(nick, session),
-                    ttl.to_string(),
-                    session.to_string(),
-                    self.ttl_ms().to_string(),
-                    self.ttl_ms().to_string(),
-                    uuid::Uuid::new_v4().simple().to_string(),
-                ],
-            )
-            .await
-            .map_err(failed("claiming a nickname"))?;
-        let claim = match granted {
-            1 => Claim::Granted,
-            0 => return Ok(Claim::Taken),
-            _ => return Ok(Claim::Recovering),
-        };
-        match holder {
-            Holder::Pod => {
-                let room = {
-                    let mut local = self.lock_local();
-                    // A respelling of the same name keeps its room.
-                    let room = local.claims.get(&key).and_then(|h| h.room.clone());
-                    local.claims.insert(
-                        key,
-                        Held {
-                            session,
-                            nick: nick.clone(),
-                            room: room.clone(),
-                        },
-                    );
-                    room
-                };
-                self.write_entry(nick, room.as_ref(), holder).await;
-            }
-            Holder::Session(_) => self.write_entry(nick, None, holder).await,
-        }
-        Ok(claim)
+        self.claim_as(nick, session, holder, false).await
     }
 
+    async fn reclaim(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+    ) -> Result<Claim, BusError> {
+        self.claim_as(nick, session, holder, true).await
+    }
     async fn release(&self, nick: &Nickname, session: SessionId) {
         {
             let mut local = self.lock_local();
@@ -581,6 +540,68 @@ impl Presence for ValkeyBus {
 }
 
 impl ValkeyBus {
+    /// A claim (see [`CLAIM`]); `again` for a session that held it before the state was lost.
+    async fn claim_as(
+        &self,
+        nick: &Nickname,
+        session: SessionId,
+        holder: Holder,
+        again: bool,
+    ) -> Result<Claim, BusError> {
+        let key = claim_key(nick);
+        let ttl = match holder {
+            Holder::Pod => self.ttl_ms(),
+            Holder::Session(idle) => (idle + SESSION_GRACE).as_millis() as u64,
+        };
+        let granted: i64 = CLAIM
+            .evalsha_with_reload(
+                &self.client,
+                vec![
+                    key.clone(),
+                    BEAT.to_owned(),
+                    RECOVERING.to_owned(),
+                    EPOCH.to_owned(),
+                ],
+                vec![
+                    claim_value(nick, session),
+                    ttl.to_string(),
+                    session.to_string(),
+                    self.ttl_ms().to_string(),
+                    self.ttl_ms().to_string(),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                    if again { "again" } else { "new" }.to_owned(),
+                ],
+            )
+            .await
+            .map_err(failed("claiming a nickname"))?;
+        let claim = match granted {
+            1 => Claim::Granted,
+            0 => return Ok(Claim::Taken),
+            _ => return Ok(Claim::Recovering),
+        };
+        match holder {
+            Holder::Pod => {
+                let room = {
+                    let mut local = self.lock_local();
+                    // A respelling of the same name keeps its room.
+                    let room = local.claims.get(&key).and_then(|h| h.room.clone());
+                    local.claims.insert(
+                        key,
+                        Held {
+                            session,
+                            nick: nick.clone(),
+                            room: room.clone(),
+                        },
+                    );
+                    room
+                };
+                self.write_entry(nick, room.as_ref(), holder).await;
+            }
+            Holder::Session(_) => self.write_entry(nick, None, holder).await,
+        }
+        Ok(claim)
+    }
+
     /// Writes one presence entry now. Best effort: a pod's entries are rewritten by every
     /// heartbeat anyway, and an HTTP session's by its next request.
     async fn write_entry(&self, nick: &Nickname, room: Option<&RoomName>, holder: Holder) {

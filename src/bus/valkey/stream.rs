@@ -92,6 +92,9 @@ impl ValkeyBus {
         // Where reading starts, and which incarnation of the stream that is in.
         let mut position: Option<(String, String)> = None;
         let mut broken = false;
+        // A read in flight when the connection drops may be sent again on the new one and answer
+        // as if nothing happened: reconnections are watched too.
+        let mut reconnects = self.reader.reconnect_rx();
         loop {
             let (last, epoch) = match &position {
                 Some(position) => position.clone(),
@@ -139,17 +142,26 @@ impl ValkeyBus {
                     continue;
                 }
             };
+            while reconnects.try_recv().is_ok() {
+                broken = true;
+            }
             if broken {
                 broken = false;
                 // Back after a break: if Valkey lost the stream meanwhile, start over on the new
                 // one. Either way, what was in flight may be gone: the core resyncs.
-                match self.epoch().await {
-                    Ok(now) if now != epoch => position = Some(("0-0".into(), now)),
-                    Ok(_) => {}
-                    Err(_) => position = None,
-                }
-                tracing::info!("reading the bus again; resyncing");
-                if inbound.send(Inbound::Resync).await.is_err() {
+                let state_lost = match self.epoch().await {
+                    Ok(now) if now != epoch => {
+                        position = Some(("0-0".into(), now));
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(_) => {
+                        position = None;
+                        false
+                    }
+                };
+                tracing::info!(state_lost, "reading the bus again; resyncing");
+                if inbound.send(Inbound::Resync { state_lost }).await.is_err() {
                     return;
                 }
                 continue;
@@ -174,7 +186,8 @@ impl ValkeyBus {
             }
             if read == READ_COUNT as usize && self.trimmed_past(&position).await {
                 tracing::warn!("the bus was trimmed past this reader; resyncing");
-                if inbound.send(Inbound::Resync).await.is_err() {
+                let resync = Inbound::Resync { state_lost: false };
+                if inbound.send(resync).await.is_err() {
                     return;
                 }
             }

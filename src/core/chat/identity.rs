@@ -177,15 +177,10 @@ impl Chat {
 
     /// Tells the pods holding a detached session's streams where it is now, and who.
     pub(super) fn publish_moved(&self, session: &Session) {
-        let (None, Some(nick)) = (&session.outbox, session.nick()) else {
+        let (None, Some(record)) = (&session.outbox, session.record()) else {
             return;
         };
-        let moved = Envelope::SessionMoved {
-            session: session.id,
-            nick: nick.clone(),
-            room: session.room.clone(),
-            seen: session.view.seen(),
-        };
+        let moved = Envelope::SessionMoved(record);
         self.feeds.deliver(moved.clone());
         self.publisher.publish_all([moved]);
     }

@@ -30,9 +30,9 @@ use super::command::{self, Command, HELP, Input};
 use super::commit::{Ack, Committer, Publisher};
 use super::error::Error;
 use super::feed::Feeds;
-use super::model::{Envelope, SessionId};
+use super::model::{Envelope, SessionId, SessionRecord};
 use super::names::sanitize;
-use super::ports::{Bus, Inbound, Presence, Sessions, Store};
+use super::ports::{Bus, Claim, Holder, Inbound, Presence, Sessions, Store};
 use super::session::Session;
 use crate::telemetry::metric;
 pub use streams::{EventStream, Resume};
@@ -179,7 +179,7 @@ impl Chat {
 
     /// Hands what other pods publish to this pod's feeds, until the bus ends or `shutdown`. After
     /// a possible loss, repairs: every carried room's tail is probed, and every followed
-    /// session's record is read again.
+    /// session's record is read again — and brought back if the shared state was lost with it.
     pub async fn run_inbound(
         self: Arc<Self>,
         mut inbound: mpsc::Receiver<Inbound>,
@@ -188,31 +188,58 @@ impl Chat {
         while let Some(Some(item)) = shutdown.run_until_cancelled(inbound.recv()).await {
             match item {
                 Inbound::Envelope(envelope) => self.feeds.deliver(envelope),
-                Inbound::Resync => {
+                Inbound::Resync { state_lost } => {
                     self.feeds.resync();
                     let chat = self.clone();
-                    tokio::spawn(async move { chat.refollow().await }.in_current_span());
+                    tokio::spawn(async move { chat.refollow(state_lost).await }.in_current_span());
                 }
             }
         }
     }
 
-    /// Re-reads every followed session and moves its streams where it is now.
-    async fn refollow(&self) {
-        for id in self.feeds.followed() {
+    /// Re-reads every followed session and moves its streams where it is now. A session the
+    /// shared state lost while a stream of it is open here is brought back, nickname first (no
+    /// newcomer can take it while live users re-register); one whose name was taken meanwhile
+    /// stays gone, and its streams end at their next keepalive.
+    async fn refollow(&self, state_lost: bool) {
+        for record in self.feeds.held() {
+            let id = record.id;
             match self.sessions.load(id).await {
-                Ok(Some(stored)) => self.feeds.deliver(Envelope::SessionMoved {
-                    session: id,
-                    nick: stored.record.nick,
-                    room: stored.record.room,
-                    seen: stored.record.seen,
-                }),
+                Ok(Some(stored)) => self.feeds.deliver(Envelope::SessionMoved(stored.record)),
+                Ok(None) if state_lost => {
+                    if let Err(e) = self.restore(&record).await {
+                        tracing::warn!(error = %e, session = %id, "a session lost with the shared state could not be brought back");
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, session = %id, "re-reading a followed session failed")
                 }
             }
         }
+    }
+
+    async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
+        let holder = Holder::Session(self.limits.session_idle);
+        match self
+            .presence
+            .reclaim(&record.nick, record.id, holder)
+            .await?
+        {
+            Claim::Granted => {}
+            Claim::Taken | Claim::Recovering => {
+                return Err(Error::NicknameInUse(record.nick.to_string()));
+            }
+        }
+        self.sessions
+            .create(record, self.limits.session_idle)
+            .await?;
+        let room = record.room.as_ref().map(|r| &r.name);
+        self.presence
+            .set_room(&record.nick, record.id, room, holder)
+            .await;
+        tracing::info!(session = %record.id, nick = %record.nick, "brought back a session lost with the shared state");
+        Ok(())
     }
 }
 

@@ -47,6 +47,7 @@ enum Route {
     Room {
         feeds: Arc<Feeds>,
         room: RoomName,
+        session: SessionId,
         id: SessionId,
     },
     Session {
@@ -59,7 +60,15 @@ enum Route {
 impl Drop for Route {
     fn drop(&mut self) {
         match self {
-            Route::Room { feeds, room, id } => feeds.leave(room, *id),
+            Route::Room {
+                feeds,
+                room,
+                session,
+                id,
+            } => {
+                feeds.leave(room, *id);
+                feeds.release(*session, *id);
+            }
             Route::Session { feeds, session, id } => feeds.unfollow(*session, *id),
         }
     }
@@ -80,12 +89,7 @@ impl Chat {
         };
         if let Route::Session { .. } = &stream.route {
             self.feeds
-                .deliver(crate::core::model::Envelope::SessionMoved {
-                    session,
-                    nick: record.nick,
-                    room: record.room,
-                    seen: record.seen,
-                });
+                .deliver(crate::core::model::Envelope::SessionMoved(record));
         }
         Ok(true)
     }
@@ -94,14 +98,16 @@ impl Chat {
     /// after that seq.
     pub async fn open_room_stream(
         &self,
-        viewer: SessionId,
+        viewer: &SessionRecord,
         room: &Room,
         resume: Resume,
     ) -> Result<EventStream, Error> {
-        let (outbox, inbox) = queue(SessionId::random(), viewer, self.limits.send_queue);
+        let (outbox, inbox) = queue(SessionId::random(), viewer.id, self.limits.send_queue);
+        self.feeds.hold(viewer, outbox.id);
         let route = Route::Room {
             feeds: self.feeds.clone(),
             room: room.name.clone(),
+            session: viewer.id,
             id: outbox.id,
         };
         let epoch = self.store.epoch().await?;
@@ -120,7 +126,7 @@ impl Chat {
                 seen: from,
             },
             epoch,
-            session: viewer,
+            session: viewer.id,
             route,
         })
     }
@@ -153,9 +159,7 @@ impl Chat {
             }
             None => 0,
         };
-        self.feeds
-            .follow(&record.nick, record.room.as_ref(), from, outbox)
-            .await?;
+        self.feeds.follow(record, from, outbox).await?;
         Ok(EventStream {
             inbox,
             start: Position {

@@ -10,8 +10,7 @@ use tracing::Instrument;
 
 use super::room::Attach;
 use super::{Inner, PACE_LIMIT, PAGE, backoff, lock};
-use crate::core::model::{Broadcast, Delivery, Position, Room, SessionId};
-use crate::core::names::Nickname;
+use crate::core::model::{Broadcast, Delivery, Position, Room, SessionRecord};
 use crate::core::outbox::Outbox;
 use crate::core::ports::StoreError;
 
@@ -157,14 +156,9 @@ impl Inner {
 
     /// A followed session moved: its streams here leave the old room and follow into the new one
     /// — retrying, while they are still wanted there, if the new room cannot be read right now.
-    pub(super) fn move_followers(
-        self: Arc<Self>,
-        session: SessionId,
-        nick: Nickname,
-        room: Option<Room>,
-        seen: i64,
-    ) {
-        let moved = lock(&self.directory).moved(session, &nick, room.as_ref());
+    pub(super) fn move_followers(self: Arc<Self>, record: SessionRecord) {
+        let moved = lock(&self.directory).moved(&record);
+        let (room, seen) = (record.room, record.seen);
         for (outbox, old, generation) in moved {
             if let Some(old) = old {
                 let mut rooms = lock(&self.rooms);

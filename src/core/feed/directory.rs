@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::core::model::{Broadcast, Room, SessionId};
+use crate::core::model::{Broadcast, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
 use crate::core::outbox::Outbox;
 
@@ -14,6 +14,10 @@ pub(super) struct Directory {
     users: HashMap<Nickname, Vec<Outbox>>,
     /// Streams following a session, by the session's id.
     followers: HashMap<SessionId, Vec<Follower>>,
+    /// The latest record of each session with a stream open here, and those streams: enough to
+    /// bring the session back if the session store loses it (a Valkey restart) while its streams
+    /// are open.
+    records: HashMap<SessionId, (SessionRecord, Vec<SessionId>)>,
 }
 
 struct Follower {
@@ -48,18 +52,36 @@ impl Directory {
         }
     }
 
-    /// Starts following `outbox.session` with this stream. Returns its generation.
-    pub fn follow(&mut self, nick: &Nickname, room: Option<&Room>, outbox: &Outbox) -> u64 {
-        self.register(nick, outbox);
-        self.followers
-            .entry(outbox.session)
-            .or_default()
-            .push(Follower {
-                outbox: outbox.clone(),
-                nick: nick.clone(),
-                room: room.map(|r| r.name.clone()),
-                generation: 0,
-            });
+    /// Keeps `record` while stream `stream` of its session is open here.
+    pub fn hold(&mut self, record: &SessionRecord, stream: SessionId) {
+        let held = self
+            .records
+            .entry(record.id)
+            .or_insert_with(|| (record.clone(), Vec::new()));
+        held.0 = record.clone();
+        held.1.push(stream);
+    }
+
+    /// Stream `stream` of `session` closed: its record goes with the session's last stream.
+    pub fn release(&mut self, session: SessionId, stream: SessionId) {
+        if let Some((_, streams)) = self.records.get_mut(&session) {
+            streams.retain(|s| *s != stream);
+            if streams.is_empty() {
+                self.records.remove(&session);
+            }
+        }
+    }
+
+    /// Starts following `record`'s session with this stream. Returns its generation.
+    pub fn follow(&mut self, record: &SessionRecord, outbox: &Outbox) -> u64 {
+        self.register(&record.nick, outbox);
+        self.followers.entry(record.id).or_default().push(Follower {
+            outbox: outbox.clone(),
+            nick: record.nick.clone(),
+            room: record.room.as_ref().map(|r| r.name.clone()),
+            generation: 0,
+        });
+        self.hold(record, outbox.id);
         0
     }
 
@@ -71,38 +93,37 @@ impl Directory {
         if followers.is_empty() {
             self.followers.remove(&session);
         }
+        self.release(session, id);
         self.unregister(&follower.nick, id);
         follower.room
     }
 
     /// The session moved: each stream of it takes the new nickname for DMs. Returns, for every
     /// stream whose room changed, its queue, the room it leaves and its new generation.
-    pub fn moved(
-        &mut self,
-        session: SessionId,
-        nick: &Nickname,
-        room: Option<&Room>,
-    ) -> Vec<(Outbox, Option<RoomName>, u64)> {
-        let Some(followers) = self.followers.get_mut(&session) else {
+    pub fn moved(&mut self, record: &SessionRecord) -> Vec<(Outbox, Option<RoomName>, u64)> {
+        if let Some((held, _)) = self.records.get_mut(&record.id) {
+            *held = record.clone();
+        }
+        let Some(followers) = self.followers.get_mut(&record.id) else {
             return Vec::new();
         };
+        let new = record.room.as_ref().map(|r| r.name.clone());
         let mut renamed = Vec::new();
         let mut moved = Vec::new();
         for follower in followers.iter_mut() {
-            if follower.nick.as_str() != nick.as_str() {
+            if follower.nick.as_str() != record.nick.as_str() {
                 renamed.push((follower.nick.clone(), follower.outbox.clone()));
-                follower.nick = nick.clone();
+                follower.nick = record.nick.clone();
             }
-            let new = room.map(|r| r.name.clone());
             if follower.room != new {
                 follower.generation += 1;
-                let old = std::mem::replace(&mut follower.room, new);
+                let old = std::mem::replace(&mut follower.room, new.clone());
                 moved.push((follower.outbox.clone(), old, follower.generation));
             }
         }
         for (old, outbox) in renamed {
             self.unregister(&old, outbox.id);
-            self.register(nick, &outbox);
+            self.register(&record.nick, &outbox);
         }
         moved
     }
@@ -116,7 +137,10 @@ impl Directory {
             .map(|f| f.generation)
     }
 
-    pub fn followed(&self) -> Vec<SessionId> {
-        self.followers.keys().copied().collect()
+    pub fn held(&self) -> Vec<SessionRecord> {
+        self.records
+            .values()
+            .map(|(record, _)| record.clone())
+            .collect()
     }
 }

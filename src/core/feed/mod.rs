@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::model::{Broadcast, ChatMessage, Envelope, Event, Room, SessionId};
+use super::model::{Broadcast, ChatMessage, Envelope, Event, Room, SessionId, SessionRecord};
 use super::names::{Nickname, RoomName};
 use super::outbox::Outbox;
 use super::ports::{Store, StoreError};
@@ -130,14 +130,7 @@ impl Feeds {
                 });
                 lock(&inner.directory).direct(&to, &event);
             }
-            Envelope::SessionMoved {
-                session,
-                nick,
-                room,
-                seen,
-            } => {
-                inner.clone().move_followers(session, nick, room, seen);
-            }
+            Envelope::SessionMoved(record) => inner.clone().move_followers(record),
         }
     }
 
@@ -233,20 +226,19 @@ impl Feeds {
         lock(&self.inner.directory).unregister(nick, id);
     }
 
-    /// Routes `session`'s direct messages to a stream of it, and its room from `seen` on, wherever
-    /// the session moves next.
+    /// Routes the direct messages of `record`'s session to a stream of it, and its room from
+    /// after `from` on, wherever the session moves next.
     pub async fn follow(
         &self,
-        nick: &Nickname,
-        room: Option<&Room>,
-        seen: i64,
+        record: &SessionRecord,
+        from: i64,
         outbox: Outbox,
     ) -> Result<(), StoreError> {
-        let generation = lock(&self.inner.directory).follow(nick, room, &outbox);
-        if let Some(room) = room {
+        let generation = lock(&self.inner.directory).follow(record, &outbox);
+        if let Some(room) = &record.room {
             let inner = self.inner.clone();
             let wanted = inner.clone().follower_wanted(outbox.clone(), generation);
-            inner.attach(room, outbox, seen, wanted).await?;
+            inner.attach(room, outbox, from, wanted).await?;
         }
         Ok(())
     }
@@ -259,9 +251,20 @@ impl Feeds {
         }
     }
 
-    /// The sessions streams on this pod follow (to re-read after envelopes may have been lost).
-    pub fn followed(&self) -> Vec<SessionId> {
-        lock(&self.inner.directory).followed()
+    /// Keeps `record` while stream `stream` of its session is open here (a room stream; those
+    /// following their session are kept by [`Feeds::follow`]).
+    pub fn hold(&self, record: &SessionRecord, stream: SessionId) {
+        lock(&self.inner.directory).hold(record, stream);
+    }
+
+    pub fn release(&self, session: SessionId, stream: SessionId) {
+        lock(&self.inner.directory).release(session, stream);
+    }
+
+    /// The latest records of the sessions with streams open on this pod (to re-read after
+    /// envelopes may have been lost, and to bring back should the session store lose them).
+    pub fn held(&self) -> Vec<SessionRecord> {
+        lock(&self.inner.directory).held()
     }
 
     /// After envelopes may have been lost: every carried room's tail is probed now.
@@ -482,16 +485,18 @@ mod tests {
         for i in 0..3 {
             append(&store, &second, &format!("s{i}")).await;
         }
-        let session = SessionId::random();
-        let (outbox, mut inbox) = queue(SessionId::random(), session, 64);
-        let nick = Nickname::parse("web").unwrap();
-        feeds.follow(&nick, Some(&first), 2, outbox).await.unwrap();
-        feeds.deliver(Envelope::SessionMoved {
-            session,
-            nick: nick.clone(),
-            room: Some(second.clone()),
-            seen: 1,
-        });
+        let mut record = SessionRecord {
+            id: SessionId::random(),
+            user_id: 1,
+            nick: Nickname::parse("web").unwrap(),
+            room: Some(first.clone()),
+            seen: 2,
+        };
+        let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
+        feeds.follow(&record, 2, outbox).await.unwrap();
+        record.room = Some(second.clone());
+        record.seen = 1;
+        feeds.deliver(Envelope::SessionMoved(record));
         assert_eq!(next_seq(&mut inbox).await, 0, "told it moved");
         assert_eq!(
             next_seq(&mut inbox).await,

@@ -44,20 +44,30 @@ impl Inner {
         if cells.is_empty() {
             return;
         }
-        let ids: Vec<i64> = cells.iter().map(|c| c.feed().room.id).collect();
+        // What each had delivered before the store was asked: the store cannot be behind that,
+        // unless its history went back. (Messages delivered while the probe runs are newer than
+        // its answer, and say nothing.)
+        let before: Vec<(i64, Option<i64>)> = cells
+            .iter()
+            .map(|c| {
+                let feed = c.feed();
+                (feed.room.id, feed.delivered())
+            })
+            .collect();
+        let ids: Vec<i64> = before.iter().map(|(id, _)| *id).collect();
         let tails = match self.store.room_tails(&ids).await {
             Ok(tails) => tails,
             Err(e) => return tracing::debug!(error = %e, "tail probe failed"),
         };
         let last: HashMap<i64, i64> = tails.iter().map(|t| (t.room_id, t.last_seq)).collect();
         let now = Instant::now();
-        for cell in cells {
+        for (cell, (_, had)) in cells.into_iter().zip(before) {
             let due = {
                 let mut feed = cell.feed();
                 let Some(&seq) = last.get(&feed.room.id) else {
                     continue;
                 };
-                if feed.delivered().is_some_and(|delivered| seq < delivered) {
+                if had.is_some_and(|had| seq < had) {
                     // The store went back (a restore, a failover that lost its last writes):
                     // what this feed delivered past it no longer exists. Start over from there.
                     tracing::warn!(room = %feed.room.name, store = seq, delivered = feed.delivered(), "the store is behind this feed; rewinding it");

@@ -486,30 +486,59 @@ fn check_segment(
     }
 }
 
-/// Intervals during which each nickname (case-folded) was held by some client, by their account.
+/// Intervals during which each nickname (case-folded) was held by some client, by their account
+/// — except that an HTTP session without a stream is lost the moment Valkey restarts empty (its
+/// client learns it at its next request).
 fn holdings(records: &[Record]) -> HashMap<String, Vec<(u64, u64, ClientId)>> {
-    let mut open: HashMap<(String, ClientId), u64> = HashMap::new();
+    let restarts: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Fault { name, phase }
+                if phase == "start" && name.starts_with("Valkey restart") =>
+            {
+                Some(r.at)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut open: HashMap<(String, ClientId), (u64, bool)> = HashMap::new();
     let mut held: HashMap<String, Vec<(u64, u64, ClientId)>> = HashMap::new();
+    let mut close = |nick: String, client: ClientId, (since, lost): (u64, bool), end: u64| {
+        let end = if lost {
+            restarts
+                .iter()
+                .copied()
+                .filter(|t| *t >= since)
+                .fold(end, u64::min)
+        } else {
+            end
+        };
+        held.entry(nick).or_default().push((since, end, client));
+    };
     for record in records {
         match &record.event {
-            Event::Login { client, nick, .. } => {
-                open.insert((nick.to_lowercase(), *client), record.at);
+            Event::Login {
+                client,
+                nick,
+                http,
+                stream,
+            } => {
+                open.insert(
+                    (nick.to_lowercase(), *client),
+                    (record.at, *http && !*stream),
+                );
             }
             Event::Logout { client, nick, .. } => {
                 let key = (nick.to_lowercase(), *client);
-                if let Some(since) = open.remove(&key) {
-                    held.entry(key.0)
-                        .or_default()
-                        .push((since, record.at, *client));
+                if let Some(start) = open.remove(&key) {
+                    close(key.0, key.1, start, record.at);
                 }
             }
             _ => {}
         }
     }
-    for ((nick, client), since) in open {
-        held.entry(nick)
-            .or_default()
-            .push((since, u64::MAX, client));
+    for ((nick, client), start) in open {
+        close(nick, client, start, u64::MAX);
     }
     held
 }
@@ -560,6 +589,7 @@ fn check_nicknames(records: &[Record], ops: &BTreeMap<Op, OpInfo>, anomalies: &m
                 client,
                 nick: n,
                 http: true,
+                ..
             } => {
                 nick.insert(*client, n);
             }

@@ -49,6 +49,10 @@ pub enum Event {
         client: ClientId,
         nick: String,
         http: bool,
+        /// An HTTP session with a stream open: the servers bring it back should Valkey lose it.
+        /// One without is lost with Valkey's state, until its client next asks.
+        #[serde(default)]
+        stream: bool,
     },
     /// It no longer does (connection lost, session gone, renamed).
     Logout {

@@ -54,10 +54,15 @@ impl Ctx {
     }
 
     fn login(&self, client: ClientId, nick: &str, http: bool) {
+        self.login_as(client, nick, http, false);
+    }
+
+    fn login_as(&self, client: ClientId, nick: &str, http: bool, stream: bool) {
         self.history.push(Event::Login {
             client,
             nick: nick.into(),
             http,
+            stream,
         });
         self.online
             .lock()
@@ -593,7 +598,8 @@ async fn connect_web(ctx: &Ctx, spec: &Spec, replica: &mut usize) -> anyhow::Res
                     .as_str()
                     .context("no sessionId")?
                     .to_owned();
-                ctx.login(spec.id, &nick, true);
+                let stream = matches!(spec.role, Role::SseRoom | Role::SseEvents { .. });
+                ctx.login_as(spec.id, &nick, true, stream);
                 return Ok(Web { session, nick });
             }
             // Its own old session still holds it (or a stale claim): use another.
@@ -663,9 +669,10 @@ async fn sse_client(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
     let home = ctx.rooms[spec.room].clone();
     let events = matches!(spec.role, Role::SseEvents { .. });
     let churn = matches!(spec.role, Role::SseEvents { churn: true });
-    // What EventSource keeps between reconnections: the last event id, and (for the checker) the
-    // room it was seen in.
+    // What EventSource keeps between reconnections: the last event id (and, for the checker, the
+    // room it was seen in), and the browser's cookies.
     let mut last_event_id: Option<(String, String)> = None;
+    let browser = reqwest::Client::builder().cookie_store(true).build()?;
     while !ctx.stop.is_cancelled() {
         let web = connect_web(ctx, spec, &mut replica).await?;
         if events
@@ -683,6 +690,7 @@ async fn sse_client(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
         loop {
             match stream(
                 ctx,
+                &browser,
                 spec,
                 replica,
                 &web,
@@ -714,6 +722,7 @@ async fn sse_client(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     ctx: &Ctx,
+    browser: &reqwest::Client,
     spec: &Spec,
     replica: usize,
     web: &Web,
@@ -728,8 +737,7 @@ async fn stream(
     } else {
         format!("/api/messages/{home}")
     };
-    let mut request = ctx
-        .http
+    let mut request = browser
         .get(ctx.url(r, &path))
         .bearer_auth(&web.session)
         .header("accept", "text/event-stream");
@@ -961,21 +969,27 @@ async fn web_churn(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
             round += 1;
             let nick = format!("{}n{round}", spec.nick);
             let room = ctx.rooms[round as usize % ctx.rooms.len()].clone();
-            let rename = format!("/nick {nick}");
+            let rename = json!({ "command": format!("/nick {nick}") });
             let (renamed, joined) = tokio::join!(
-                command(ctx, replica, &web, &rename),
+                post(ctx, replica, "/api/command", Some(&web.session), rename),
                 join(ctx, spec, replica + 1, &web, &room),
             );
-            // Whatever became of the other, a rename that was answered took effect.
+            // Whatever became of the other, a rename that was answered took effect; one that
+            // was not answered may have: the client cannot tell its name, and starts over.
             let renamed = match renamed {
-                Ok(Some(reply)) if reply == format!("You are now known as {nick}") => {
+                Ok((
+                    200,
+                    Envelope {
+                        data: Some(data), ..
+                    },
+                )) if data["message"] == format!("You are now known as {nick}") => {
                     ctx.logout(spec.id, &web.nick, "renamed");
                     web.nick = nick;
                     ctx.login(spec.id, &web.nick, true);
                     true
                 }
-                Ok(None) => break,
-                _ => false,
+                Ok((401, _)) | Err(_) => break,
+                Ok(_) => false,
             };
             match joined {
                 Ok(Some(_)) if renamed => {}
