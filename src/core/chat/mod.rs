@@ -337,6 +337,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn joining_the_room_one_is_in_shows_its_history_up_to_what_one_has_seen() {
+        let chat = chat();
+        let (mut ann, _) = live(&chat, "ann").await;
+        say(&chat, &mut ann, "/create r").await;
+        for i in 1..=4 {
+            say(&chat, &mut ann, &format!("m{i}")).await;
+        }
+        let (mut bob, mut bob_in) = live(&chat, "bob").await;
+        say(&chat, &mut bob, "/join r").await;
+        // Five more arrive while bob's client has not read them yet: they wait in his queue,
+        // past what the ring of three still holds of what he saw.
+        for i in 5..=9 {
+            say(&chat, &mut ann, &format!("m{i}")).await;
+        }
+        let again = say(&chat, &mut bob, "/join r").await;
+        assert_eq!(
+            again,
+            "Joined room: r\n--- Recent Messages ---\n[r] ann: m2\n[r] ann: m3\n[r] ann: m4\n---",
+            "the block ends where bob is, and is not empty"
+        );
+        let queued = lines(&mut bob, &mut bob_in);
+        assert_eq!(
+            queued,
+            [
+                "[r] ann: m5",
+                "[r] ann: m6",
+                "[r] ann: m7",
+                "[r] ann: m8",
+                "[r] ann: m9"
+            ],
+            "then what came after, once"
+        );
+    }
+
+    #[tokio::test]
     async fn a_rename_holds_the_new_name_frees_the_old_and_tells_the_room() {
         let chat = chat();
         let (mut ann, _) = live(&chat, "ann").await;

@@ -46,11 +46,13 @@ impl Chat {
         if session.room.as_ref() == Some(&room) {
             // Already there: the block again, nothing else changes. A live session's block ends
             // where its view is: what came after is in its queue and is shown next, once.
-            let (mut history, _) = self.feeds.history(&room).await?;
-            if session.outbox.is_some() {
-                let seen = session.view.seen();
-                history.retain(|m| m.seq <= seen);
-            }
+            let history = match &session.outbox {
+                Some(_) => {
+                    let seen = session.view.seen();
+                    self.feeds.history_until(&room, seen).await?
+                }
+                None => self.feeds.history(&room).await?.0,
+            };
             return Ok(render_history(&history));
         }
         self.store.add_member(room.id, user.id).await?;

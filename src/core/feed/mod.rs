@@ -207,6 +207,37 @@ impl Feeds {
         Ok((recent, last))
     }
 
+    /// A room's newest HISTORY_SIZE messages up to `up_to` — where a live member's view is, which
+    /// may be behind the feed while its client reads — from the ring when it holds them, else
+    /// from the store.
+    pub async fn history_until(
+        &self,
+        room: &Room,
+        up_to: i64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let wanted = self.inner.history_size;
+        if let Some(cell) = self.inner.cell(&room.name) {
+            let ring: Vec<ChatMessage> = cell
+                .feed()
+                .recent(wanted)
+                .iter()
+                .filter_map(|m| match &m.event {
+                    Event::Message(m) if m.seq <= up_to => Some(m.clone()),
+                    _ => None,
+                })
+                .collect();
+            if ring.len() == wanted || up_to == 0 {
+                metrics::counter!(metric::HISTORY_REQUESTS, "result" => "hit").increment(1);
+                return Ok(ring);
+            }
+        }
+        metrics::counter!(metric::HISTORY_REQUESTS, "result" => "miss").increment(1);
+        self.inner
+            .store
+            .messages_before(room.id, Some(up_to + 1), wanted)
+            .await
+    }
+
     /// Stops feeding receiver `id` from `room`; the feed goes when its last receiver does.
     pub fn leave(&self, room: &RoomName, id: SessionId) {
         let mut rooms = lock(&self.inner.rooms);
