@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::adapters::http::{self, AppState};
+use crate::adapters::Slots;
+use crate::adapters::http::health;
+use crate::adapters::http::{self, AppState, Front};
 use crate::adapters::tcp::TcpServer;
 use crate::bus::{local::LocalBus, valkey::ValkeyBus};
 use crate::config::Config;
@@ -41,6 +44,7 @@ pub struct App {
     feeds: Arc<Feeds>,
     background: Vec<futures::future::BoxFuture<'static, ()>>,
     tcp: TcpServer,
+    slots: Slots,
     tcp_addr: SocketAddr,
     http_listener: TcpListener,
     http_addr: SocketAddr,
@@ -84,7 +88,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let (store, postgres): (Arc<dyn Store>, _) = match &config.database_url {
             Some(url) => {
-                let pg = connect_postgres(url, &config).await?;
+                let pg = when_up("PostgreSQL", &config, || connect_postgres(url, &config)).await?;
                 pg.migrate().await?;
                 pg.open_writer().await?;
                 tracing::info!("DATABASE_URL set: storing in PostgreSQL");
@@ -106,7 +110,10 @@ impl App {
         } = match &config.valkey_url {
             Some(url) => {
                 let ttl = Duration::from_secs(config.presence_ttl_secs);
-                let valkey = connect_valkey(url, &config.instance_id, ttl).await?;
+                let valkey = when_up("Valkey", &config, || {
+                    connect_valkey(url, &config.instance_id, ttl)
+                })
+                .await?;
                 tracing::info!(
                     "VALKEY_URL set: sharing delivery, presence and sessions through Valkey"
                 );
@@ -166,7 +173,9 @@ impl App {
             .await
             .with_context(|| format!("binding the TCP port {}", config.tcp_port))?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let tcp = TcpServer::new(tcp_listener, chat.clone(), &config);
+        let slots = Slots::new(config.max_connections);
+        metrics::gauge!(telemetry::metric::CONNECTIONS_LIMIT).set(config.max_connections as f64);
+        let tcp = TcpServer::new(tcp_listener, chat.clone(), slots.clone(), &config);
         let http_listener = TcpListener::bind((config.bind_address, config.http_port))
             .await
             .with_context(|| format!("binding the HTTP port {}", config.http_port))?;
@@ -180,6 +189,7 @@ impl App {
             feeds,
             background,
             tcp,
+            slots,
             tcp_addr,
             http_listener,
             http_addr,
@@ -213,6 +223,7 @@ impl App {
             feeds,
             background,
             tcp,
+            slots,
             http_listener,
             started,
             shutdown,
@@ -232,18 +243,34 @@ impl App {
         )));
         spawn(Box::pin(async move { feeds.run_probes(TAIL_PROBE).await }));
         spawn(Box::pin(tcp.serve(tracker.clone(), shutdown.clone())));
+        // Checked once before serving, so that the first probes already know.
+        let checked = Arc::new(tokio::sync::watch::Sender::new(health::check(&chat).await));
+        spawn(Box::pin(health::run_checks(
+            chat.clone(),
+            checked.clone(),
+            shutdown.clone(),
+        )));
         let state = AppState {
             chat: chat.clone(),
             shutdown: shutdown.clone(),
             started,
             instance: config.instance_id.as_str().into(),
             session_idle_secs: config.session_idle_timeout_secs as i64,
+            slots,
+            openapi: Arc::new(http::openapi::document(config.max_message_chars)),
+            checked,
+        };
+        let front = Front {
+            idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
+            head_timeout: Duration::from_secs(config.http_head_timeout_secs),
+            max_connections: config.max_connections,
         };
         let http_stop = CancellationToken::new();
         spawn(Box::pin(http::serve(
             http_listener,
             state,
             http_stop.clone(),
+            front,
         )));
         spawn(Box::pin(
             chat.clone()
@@ -284,6 +311,27 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs `connect` until it succeeds, retrying with a growing pause (0.25 s up to 5 s) for at
+/// most STARTUP_WAIT_SECS: a pod that starts with its database (a fresh cluster, a restart of
+/// everything) waits for it instead of exiting and crash-looping. Each failure is logged.
+async fn when_up<T, F, Fut>(service: &str, config: &Config, connect: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(config.startup_wait_secs)))
+        .without_max_times();
+    connect
+        .retry(backoff)
+        .notify(|error, wait| {
+            tracing::warn!(error = %format!("{error:#}"), ?wait, "{service} not reachable yet; retrying");
+        })
+        .await
 }
 
 /// Connects the pool the configuration describes (used by the server and the admin commands).

@@ -36,6 +36,13 @@ pub struct Config {
     pub max_connections: usize,
     pub connect_rate_per_sec: NonZeroU32,
     pub nick_timeout_secs: u64,
+    /// Idle time before a netcat connection is probed (TCP keepalive); a peer that vanished
+    /// without closing is dropped about twice this later.
+    pub tcp_keepalive_secs: u64,
+    /// How long an HTTP connection may wait for its next request.
+    pub http_idle_timeout_secs: u64,
+    /// How long a request head may take to arrive, from its first byte.
+    pub http_head_timeout_secs: u64,
     pub session_idle_timeout_secs: u64,
     pub presence_ttl_secs: u64,
     pub retention_per_room: usize,
@@ -52,6 +59,8 @@ pub struct Config {
     pub breaker_open_secs: u64,
     /// Callers waiting on the database beyond which the breaker counts failures (and opens).
     pub breaker_max_waiting: usize,
+    /// How long start-up waits for PostgreSQL and Valkey to answer before giving up.
+    pub startup_wait_secs: u64,
     pub database_url: Option<String>,
     pub valkey_url: Option<String>,
 }
@@ -74,6 +83,12 @@ impl Default for Config {
             max_connections: 10_000,
             connect_rate_per_sec: NonZeroU32::new(1000).expect("non-zero"),
             nick_timeout_secs: 60,
+            tcp_keepalive_secs: 30,
+            // Longer than the keep-alive of the proxies in front (ingress-nginx keeps idle
+            // upstream connections 60 s), so that they close first: a request a proxy sends just
+            // as this side closes would fail.
+            http_idle_timeout_secs: 75,
+            http_head_timeout_secs: 10,
             session_idle_timeout_secs: 1800,
             presence_ttl_secs: 30,
             retention_per_room: 10_000,
@@ -85,6 +100,7 @@ impl Default for Config {
             breaker_failures: 5,
             breaker_open_secs: 5,
             breaker_max_waiting: 256,
+            startup_wait_secs: 60,
             database_url: None,
             valkey_url: None,
         }
@@ -108,6 +124,9 @@ const ENV_KEYS: &[&str] = &[
     "MAX_CONNECTIONS",
     "CONNECT_RATE_PER_SEC",
     "NICK_TIMEOUT_SECS",
+    "TCP_KEEPALIVE_SECS",
+    "HTTP_IDLE_TIMEOUT_SECS",
+    "HTTP_HEAD_TIMEOUT_SECS",
     "SESSION_IDLE_TIMEOUT_SECS",
     "PRESENCE_TTL_SECS",
     "RETENTION_PER_ROOM",
@@ -119,6 +138,7 @@ const ENV_KEYS: &[&str] = &[
     "BREAKER_FAILURES",
     "BREAKER_OPEN_SECS",
     "BREAKER_MAX_WAITING",
+    "STARTUP_WAIT_SECS",
     "DATABASE_URL",
     "VALKEY_URL",
 ];
@@ -183,15 +203,71 @@ impl Config {
                 "DB_STATEMENT_TIMEOUT_SECS",
                 self.db_statement_timeout_secs as usize,
             ),
+            ("TCP_KEEPALIVE_SECS", self.tcp_keepalive_secs as usize),
+            (
+                "HTTP_IDLE_TIMEOUT_SECS",
+                self.http_idle_timeout_secs as usize,
+            ),
+            (
+                "HTTP_HEAD_TIMEOUT_SECS",
+                self.http_head_timeout_secs as usize,
+            ),
         ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(ConfigError(format!("{name}: must be at least 1"))),
-            None => Ok(()),
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError(format!("{name}: must be at least 1")));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError(format!("LOG_LEVEL: {e}")));
+        }
+        let schemes = [
+            (
+                "DATABASE_URL",
+                &self.database_url,
+                &["postgres", "postgresql"][..],
+            ),
+            (
+                "VALKEY_URL",
+                &self.valkey_url,
+                &["redis", "rediss", "valkey", "valkeys"][..],
+            ),
+        ];
+        for (name, url, allowed) in schemes {
+            let Some(url) = url else { continue };
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !scheme.is_some_and(|s| allowed.contains(&s)) {
+                let allowed = allowed.join("://, ");
+                return Err(ConfigError(format!(
+                    "{name}: expected a URL starting {allowed}://"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every setting with its default, for `--help`.
+    pub fn settings_help() -> String {
+        let defaults = serde_json::to_value(Config::default()).expect("the defaults serialize");
+        let mut help = String::from(
+            "Settings (environment variables; CONFIG_FILE names an optional TOML file with the \
+             same keys in lower case; RUST_LOG and REDIS_URL are accepted aliases):\n",
+        );
+        for key in ENV_KEYS {
+            let default = match &defaults[key.to_ascii_lowercase()] {
+                serde_json::Value::Null => "unset".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            help.push_str(&format!("  {key:<28} {default}\n"));
+        }
+        help
     }
 
     pub fn nick_timeout(&self) -> Duration {
         Duration::from_secs(self.nick_timeout_secs)
+    }
+
+    pub fn tcp_keepalive(&self) -> Duration {
+        Duration::from_secs(self.tcp_keepalive_secs)
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {
@@ -255,7 +331,40 @@ mod tests {
                 Config::load().unwrap_err().to_string(),
                 "invalid configuration: MAX_LINE_BYTES: must be at least 1"
             );
+            jail.set_env("MAX_LINE_BYTES", "4096");
+            jail.set_env("LOG_LEVEL", "info,baby_discord=loud");
+            let error = Config::load().unwrap_err().to_string();
+            assert!(
+                error.starts_with("invalid configuration: LOG_LEVEL: "),
+                "{error}"
+            );
+            jail.set_env("LOG_LEVEL", "info,baby_discord=debug");
+            jail.set_env("DATABASE_URL", "localhost:5432/chat");
+            let error = Config::load().unwrap_err().to_string();
+            assert!(
+                error.starts_with("invalid configuration: DATABASE_URL: "),
+                "{error}"
+            );
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_help_lists_every_setting_with_its_default() {
+        let help = Config::settings_help();
+        for key in ENV_KEYS {
+            assert!(
+                help.contains(&format!("  {key} ")),
+                "{key} missing from {help}"
+            );
+        }
+        assert!(
+            help.contains("  MAX_CONNECTIONS              10000\n"),
+            "{help}"
+        );
+        assert!(
+            help.contains("  DATABASE_URL                 unset\n"),
+            "{help}"
+        );
     }
 }

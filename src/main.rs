@@ -8,7 +8,7 @@ use baby_discord::app::{App, connect_postgres};
 use baby_discord::config::Config;
 use baby_discord::store::archive;
 use baby_discord::telemetry;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -63,7 +63,10 @@ fn parse_rfc3339(raw: &str) -> Result<OffsetDateTime, time::error::Parse> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::command()
+        .after_help(Config::settings_help())
+        .get_matches();
+    let cli = Cli::from_arg_matches(&cli).unwrap_or_else(|e| e.exit());
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {

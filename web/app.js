@@ -4,7 +4,8 @@
 // Lossless across reconnects: the page remembers the last seq it showed in its room. A stream is
 // always (re)opened with that seq, the server replays what came after it, and anything at or
 // below it is ignored - so a reconnect, a room change or a server restart shows no gap and no
-// duplicate.
+// duplicate. Scrolling up loads older messages a page at a time (the history API's `before=`
+// cursor): they all have seqs below the first one shown, so nothing is shown twice at the seam.
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -12,8 +13,15 @@ const state = {
   nick: localStorage.getItem("nickname"),
   room: null,
   lastSeq: 0,
+  // The first seq shown in the room, and whether the room's history reaches no further back.
+  firstSeq: null,
+  atStart: true,
+  loadingOlder: false,
   events: null,
 };
+
+// Messages asked for at a time, on entering a room and on each scroll to the top.
+const PAGE = 50;
 
 async function api(path, body) {
   const response = await fetch(path, {
@@ -37,8 +45,7 @@ function time(iso) {
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function addLine({ kind, nick, text, at, seq }) {
-  const list = $("messages");
+function lineElement({ kind, nick, text, at, seq }) {
   const li = document.createElement("li");
   li.className = kind;
   if (seq !== undefined) li.dataset.seq = seq;
@@ -53,16 +60,48 @@ function addLine({ kind, nick, text, at, seq }) {
     li.append(who);
   }
   li.append(document.createTextNode(text));
+  return li;
+}
+
+function addLine(fields) {
+  const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.append(li);
+  list.append(lineElement(fields));
   if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function messageLine(m) {
+  const mine = m.user.toLowerCase() === (state.nick || "").toLowerCase();
+  return { kind: mine ? "message mine" : "message", nick: m.user, text: m.content, at: m.timestamp ?? m.createdAt, seq: m.seq };
 }
 
 function showMessage(m) {
   if (m.room !== state.room || m.seq <= state.lastSeq) return; // already shown
   state.lastSeq = m.seq;
-  const mine = m.user.toLowerCase() === (state.nick || "").toLowerCase();
-  addLine({ kind: mine ? "message mine" : "message", nick: m.user, text: m.content, at: m.timestamp ?? m.createdAt, seq: m.seq });
+  state.firstSeq ??= m.seq;
+  addLine(messageLine(m));
+}
+
+// Puts the page of messages before the first one shown above it, keeping what the reader sees
+// where it is.
+async function loadOlder() {
+  if (state.atStart || state.loadingOlder || !state.room) return;
+  state.loadingOlder = true;
+  const room = state.room;
+  try {
+    const { messages } = await api(`/api/rooms/${encodeURIComponent(room)}/history?limit=${PAGE}&before=${state.firstSeq}`);
+    if (room !== state.room) return;
+    const list = $("messages");
+    const height = list.scrollHeight;
+    list.prepend(...messages.map((m) => lineElement(messageLine(m))));
+    list.scrollTop += list.scrollHeight - height;
+    if (messages.length > 0) state.firstSeq = messages[0].seq;
+    state.atStart = messages.length < PAGE;
+  } catch (error) {
+    addLine({ kind: "error", text: `Error: ${error.message}` });
+  } finally {
+    state.loadingOlder = false;
+  }
 }
 
 function setStatus(text, kind) {
@@ -160,11 +199,14 @@ async function recover() {
 async function enterRoom(room) {
   state.room = room;
   state.lastSeq = 0;
+  state.firstSeq = null;
+  state.atStart = true;
   $("room-title").textContent = room ? `# ${room}` : "# no room";
   $("messages").replaceChildren();
   if (room) {
-    const { messages } = await api(`/api/rooms/${encodeURIComponent(room)}/history?limit=50`);
+    const { messages } = await api(`/api/rooms/${encodeURIComponent(room)}/history?limit=${PAGE}`);
     messages.forEach(showMessage);
+    state.atStart = messages.length < PAGE;
   }
   openStream(); // resumes from the last history seq: nothing between history and live is lost
   refreshRooms();
@@ -240,6 +282,10 @@ $("login-form").addEventListener("submit", async (e) => {
   } catch (error) {
     $("login-error").textContent = error.message;
   }
+});
+
+$("messages").addEventListener("scroll", (e) => {
+  if (e.target.scrollTop < 80) loadOlder();
 });
 
 $("send-form").addEventListener("submit", (e) => {

@@ -2,10 +2,11 @@
 //! selects the shared ones. There is no other pod to publish to, and nothing is ever lost.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -24,6 +25,8 @@ pub struct LocalBus {
     /// Kept so that the inbound stream stays open (and empty) for the life of the pod.
     inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
     revoked: Mutex<Option<mpsc::UnboundedSender<SessionId>>>,
+    /// Sessions' allowances; made on first use, with the quota the chat asks for.
+    allowances: OnceLock<DefaultKeyedRateLimiter<SessionId>>,
 }
 
 #[derive(Default)]
@@ -264,6 +267,9 @@ impl Sessions for LocalBus {
     }
 
     async fn take_expired(&self) -> Result<Vec<SessionRecord>, BusError> {
+        if let Some(allowances) = self.allowances.get() {
+            allowances.retain_recent();
+        }
         let now = Instant::now();
         let mut state = self.state();
         let expired: Vec<SessionId> = state
@@ -277,5 +283,12 @@ impl Sessions for LocalBus {
             .filter_map(|id| state.sessions.remove(&id))
             .map(|(record, _, _)| record)
             .collect())
+    }
+
+    async fn spend(&self, id: SessionId, quota: Quota) -> Result<bool, BusError> {
+        let allowances = self
+            .allowances
+            .get_or_init(|| DefaultKeyedRateLimiter::keyed(quota));
+        Ok(allowances.check_key(&id).is_ok())
     }
 }

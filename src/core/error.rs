@@ -28,9 +28,9 @@ pub enum Error {
     DmToSelf,
     #[error("Message too long")]
     MessageTooLong,
-    /// `POST /api/message` with a blank line or a command instead of a message.
-    #[error("content must be a non-empty message, not a command")]
-    NotAMessage,
+    /// `POST /api/message` with nothing to show once blanks and control characters are gone.
+    #[error("Message is empty")]
+    EmptyMessage,
     #[error("Rate limit exceeded")]
     RateLimited,
     #[error("Line too long")]

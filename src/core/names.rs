@@ -59,6 +59,16 @@ macro_rules! case_insensitive_name {
                 validate(raw, $kind, Self::MAX_CHARS).map(Self)
             }
 
+            /// A name from a structured request (a JSON field, a URL path): valid as it is, with
+            /// nothing to trim or strip — what the API description promises.
+            pub fn parse_exact(raw: &str) -> Result<Self, NameError> {
+                let name = Self::parse(raw)?;
+                if name.0 != raw {
+                    return Err(NameError::BadCharacter { kind: $kind });
+                }
+                Ok(name)
+            }
+
             /// The name as the user typed it; shown to others.
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -169,6 +179,24 @@ mod tests {
     #[test]
     fn names_are_trimmed_and_stripped_of_controls_before_validation() {
         assert_eq!(Nickname::parse("  \x1b bob \r").unwrap().as_str(), "bob");
+    }
+
+    #[test]
+    fn an_exact_name_has_nothing_to_trim_or_strip() {
+        assert_eq!(
+            RoomName::parse_exact("lobby-2").unwrap().as_str(),
+            "lobby-2"
+        );
+        for raw in [" bob", "bob\n", "b\x1bob"] {
+            assert!(matches!(
+                Nickname::parse_exact(raw),
+                Err(NameError::BadCharacter { .. })
+            ));
+        }
+        assert!(matches!(
+            Nickname::parse_exact(""),
+            Err(NameError::Empty { .. })
+        ));
     }
 
     #[test]

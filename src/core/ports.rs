@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use governor::Quota;
 use tokio::sync::mpsc;
 
 use super::model::{ChatMessage, Envelope, NewMessage, Room, SessionId, SessionRecord, UserId};
@@ -248,4 +249,8 @@ pub trait Sessions: Send + Sync + 'static {
     /// Removes and returns the sessions whose time ran out, for the caller to close. Exactly one
     /// pod gets each.
     async fn take_expired(&self) -> Result<Vec<SessionRecord>, BusError>;
+
+    /// Takes one request from the session's allowance under `quota`, which every pod shares (any
+    /// pod may serve a session's next request). False when none is left.
+    async fn spend(&self, id: SessionId, quota: Quota) -> Result<bool, BusError>;
 }

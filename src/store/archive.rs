@@ -6,6 +6,7 @@
 //! Archive writes and syncs the file before deleting anything; replay is idempotent (a message
 //! already present, by id or by room and seq, is skipped).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -13,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::postgres::PgStore;
-use crate::core::names::RoomName;
+use crate::core::names::{Nickname, RoomName, sanitize};
 use crate::core::ports::Store;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveFile {
     pub room: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -24,7 +25,7 @@ pub struct ArchiveFile {
     pub messages: Vec<ArchivedMessage>,
 }
 
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ArchivedMessage {
     pub id: i64,
     pub seq: i64,
@@ -32,6 +33,45 @@ pub struct ArchivedMessage {
     pub content: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+impl ArchiveFile {
+    /// Reads an archive file, refusing one that replay could not put back as archive wrote it:
+    /// an invalid room name, an id or seq below 1, two messages with one id or one seq, an
+    /// invalid nickname, or content a user could not have sent (control characters).
+    pub fn parse(bytes: &[u8]) -> anyhow::Result<ArchiveFile> {
+        let file: ArchiveFile = serde_json::from_slice(bytes)?;
+        // Names as they were stored: valid as they are, not after trimming.
+        anyhow::ensure!(
+            RoomName::parse(&file.room).is_ok_and(|r| r.as_str() == file.room),
+            "room {:?}: not a valid room name",
+            file.room
+        );
+        let mut ids = HashSet::new();
+        let mut seqs = HashSet::new();
+        for m in &file.messages {
+            let at = || format!("message {} (seq {})", m.id, m.seq);
+            anyhow::ensure!(m.id >= 1 && m.seq >= 1, "{}: ids and seqs start at 1", at());
+            anyhow::ensure!(ids.insert(m.id), "{}: a second message with this id", at());
+            anyhow::ensure!(
+                seqs.insert(m.seq),
+                "{}: a second message with this seq",
+                at()
+            );
+            anyhow::ensure!(
+                Nickname::parse(&m.user).is_ok_and(|n| n.as_str() == m.user),
+                "{}: user {:?} is not a valid nickname",
+                at(),
+                m.user
+            );
+            anyhow::ensure!(
+                sanitize(&m.content) == m.content,
+                "{}: control characters in the content",
+                at()
+            );
+        }
+        Ok(file)
+    }
 }
 
 /// Moves every message created before `cutoff` into `dir`, one file per room. Returns the files.
@@ -96,9 +136,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// inserted; running it twice inserts nothing the second time.
 pub async fn replay(store: &PgStore, path: &Path) -> anyhow::Result<u64> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: ArchiveFile =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-    let name = RoomName::parse(&file.room).with_context(|| format!("room {:?}", file.room))?;
+    let file = ArchiveFile::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let name = RoomName::parse(&file.room)?;
     let room = match store.find_room(&name).await? {
         Some(room) => room,
         None => store
@@ -144,4 +183,53 @@ pub async fn replay(store: &PgStore, path: &Path) -> anyhow::Result<u64> {
     tx.commit().await?;
     tracing::info!(room = %room.name, inserted, of = file.messages.len(), "replayed");
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(messages: &str) -> String {
+        format!(
+            r#"{{"room":"general","archived_at":"2026-01-01T00:00:00Z","messages":[{messages}]}}"#
+        )
+    }
+
+    fn message(id: i64, seq: i64, user: &str, content: &str) -> String {
+        serde_json::json!({
+            "id": id, "seq": seq, "user": user, "content": content,
+            "created_at": "2025-12-31T23:59:59Z",
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_file_archive_wrote_is_read_back() {
+        let two = [
+            message(1, 1, "ann", "hi"),
+            message(2, 2, "bob", "tab\there"),
+        ]
+        .join(",");
+        let parsed = ArchiveFile::parse(file(&two).as_bytes()).unwrap();
+        assert_eq!(parsed.messages.len(), 2);
+        let again = ArchiveFile::parse(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+        assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn a_file_replay_could_not_put_back_as_it_was_is_refused() {
+        for bad in [
+            message(0, 1, "ann", "hi"),
+            message(1, -3, "ann", "hi"),
+            [message(1, 1, "ann", "hi"), message(1, 2, "ann", "hi")].join(","),
+            [message(1, 1, "ann", "hi"), message(2, 1, "ann", "hi")].join(","),
+            message(1, 1, "not a nick", "hi"),
+            message(1, 1, " ann", "hi"),
+            message(1, 1, "ann", "\u{1b}[31mred"),
+        ] {
+            assert!(ArchiveFile::parse(file(&bad).as_bytes()).is_err(), "{bad}");
+        }
+        let bad_room = file("").replace("general", "two words");
+        assert!(ArchiveFile::parse(bad_room.as_bytes()).is_err());
+    }
 }

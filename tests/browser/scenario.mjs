@@ -1,4 +1,4 @@
-// End-to-end: two browser pages and one netcat client in one room.
+// End-to-end: two browser pages and one netcat client in one room; a room's past by scrolling up.
 //   node scenario.mjs <http base url> <tcp port> <artifacts dir>
 // Talks to the Rust test that started it: prints "RESTART" when the server should be restarted
 // and waits for "RESTARTED" on stdin. Exits non-zero on the first failed check.
@@ -157,6 +157,30 @@ try {
   await say(ben, "ben is back");
   await tux2.waitFor((l) => l === "[trio] ben: ben is back", "ben's message after the restart");
   await ann.screenshot({ path: path.join(artifacts, "after-restart.png") });
+
+  // A room with a past: the page shows its last page; scrolling up brings the rest, a page at a
+  // time, in order, each message once, and the live stream goes on below.
+  const total = 130;
+  tux2.send("/create archive");
+  await tux2.waitFor((l) => l === "Created and joined room: archive", "the archive room");
+  for (let i = 1; i <= total; i++) tux2.send(`old ${i}`);
+  await tux2.waitFor((l) => l === `[archive] tux: old ${total}`, "the last old message's echo");
+  await say(ann, "/join archive");
+  await waitForCount(ann, 50, "the first page");
+  const firstPage = await shown(ann);
+  assert.equal(firstPage.length, 50, "one page on entering");
+  assert.equal(firstPage.at(-1)[0], total);
+  for (const expected of [100, total]) {
+    await ann.$eval("#messages", (list) => { list.scrollTop = 0; list.dispatchEvent(new Event("scroll")); });
+    await waitForCount(ann, expected, `scrolled back to ${expected} messages`);
+  }
+  tux2.send("live after scrolling");
+  await waitForCount(ann, total + 1, "the live message after scrolling back");
+  const all = await shown(ann);
+  assert.equal(all.length, total + 1, "every message once");
+  assert.equal(all[0][0], 1, "back to the room's first message");
+  assertContiguous(all, "scrolled history and live stream");
+  assert.deepEqual(all.map(([, l]) => l), [...Array.from({ length: total }, (_, i) => `tux: old ${i + 1}`), "tux: live after scrolling"]);
   await ann.setViewportSize({ width: 420, height: 720 });
   await ann.screenshot({ path: path.join(artifacts, "narrow.png") });
   console.log("PASS");

@@ -1,6 +1,6 @@
 //! The web page in a real headless browser (Debian chromium driven by playwright-core): two pages
-//! and a netcat client in one room, a DM, markup shown as text, and a server restart survived
-//! without gap or duplicate. Screenshots land in `artifacts/`.
+//! and a netcat client in one room, a DM, markup shown as text, a server restart survived without
+//! gap or duplicate, and a room's past loaded by scrolling up. Screenshots land in `artifacts/`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,6 +34,8 @@ async fn two_pages_and_a_netcat_user_chat_and_survive_a_restart() {
         ("TCP_PORT", tcp_port.as_str()),
         ("HTTP_PORT", http_port.as_str()),
         ("SHUTDOWN_GRACE_SECS", "5"),
+        // The netcat user fills a room with 130 messages at once.
+        ("RATE_LIMIT_BURST", "1000"),
     ];
     let (mut server, _, http) = start_server_http(&env).await;
 

@@ -154,6 +154,11 @@ impl Client {
         self.send_raw(format!("{line}\n").as_bytes()).await;
     }
 
+    /// The client's own port (what the server sees it come from).
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().expect("connected").port()
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.expect("write");
     }

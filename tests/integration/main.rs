@@ -1,6 +1,8 @@
 //! The integration suite: one binary, so it builds once. Each test starts its own server on
 //! loopback port 0 (and, where it needs them, its own throwaway PostgreSQL / Valkey).
 
+mod abuse;
+mod api_description;
 mod browser;
 mod cluster;
 mod faults;

@@ -1,5 +1,7 @@
-//! Where a request's session id may come from: `Authorization: Bearer`, the `sessionId` cookie,
-//! the `sessionId` query parameter, or a `sessionId` field of the JSON body.
+//! Where a request's session id may come from, first found first: `Authorization: Bearer`, a
+//! `sessionId` field of the JSON body, the `sessionId` query parameter, the `sessionId` cookie.
+//! The header wins because it is the one a client sets on purpose for every request; a cookie
+//! may be left from another session.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -11,8 +13,12 @@ use crate::core::model::SessionId;
 
 pub const COOKIE: &str = "sessionId";
 
-/// The session id a request carries outside its body, if any.
-pub struct Credentials(Option<String>);
+/// The session ids a request carries outside its body.
+pub struct Credentials {
+    bearer: Option<String>,
+    /// From the query, else the cookie.
+    fallback: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Credentials {
     type Rejection = std::convert::Infallible;
@@ -32,15 +38,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Credentials {
             .await?
             .get(COOKIE)
             .map(|c| c.value().to_owned());
-        Ok(Credentials(bearer.or(query).or(cookie)))
+        Ok(Credentials {
+            bearer,
+            fallback: query.or(cookie),
+        })
     }
 }
 
 impl Credentials {
-    /// The session id from the body, else from the request's other places.
+    /// The session id: the bearer token, else the body's, else the query's or cookie's.
     pub fn session(self, body: Option<&str>) -> Result<SessionId, Error> {
-        body.map(str::to_owned)
-            .or(self.0)
+        self.bearer
+            .or(body.map(str::to_owned))
+            .or(self.fallback)
             .as_deref()
             .and_then(SessionId::parse)
             .ok_or(Error::UnknownSession)

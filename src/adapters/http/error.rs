@@ -2,11 +2,12 @@
 //! fits. Core errors keep their words; only here do they get a status code.
 
 use axum::Json;
-use axum::extract::FromRequest;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::core::Error;
 
@@ -48,15 +49,16 @@ impl ApiError {
                 | Error::MissingArgument(_)
                 | Error::InvalidName(_)
                 | Error::NotInRoom
-                | Error::NotAMessage
+                | Error::EmptyMessage
                 | Error::DmToSelf => StatusCode::BAD_REQUEST,
             },
         }
     }
 }
 
-#[derive(Serialize)]
-struct Failure {
+/// Every error reply: `success` is false, `error` says what went wrong in words a user reads.
+#[derive(Serialize, ToSchema)]
+pub struct Failure {
     success: bool,
     error: String,
 }
@@ -99,16 +101,54 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The API description of a 503: the store or Valkey cannot answer, the breaker is open, or the
+/// pod is full or draining. Try again (on any pod) after `Retry-After`.
+#[derive(IntoResponses)]
+#[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait")))]
+// Described only: the response itself is an ApiError's.
+#[allow(dead_code)]
+pub struct Unavailable(Failure);
+
+/// The API description of a 504: the message may or may not have been stored. A retry with the
+/// same `clientMessageId` settles it without posting it twice.
+#[derive(IntoResponses)]
+#[response(status = 504, headers(("Retry-After" = u32, description = "Seconds to wait")))]
+#[allow(dead_code)]
+pub struct Unconfirmed(Failure);
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 /// `Json<T>` whose rejections use the API's envelope.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// `Query<T>` whose rejections use the API's envelope.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `Path<T>` whose rejections use the API's envelope.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
 /// `{"success":true,"data":…}`.
 pub struct Data<T>(pub T);
 
-#[derive(Serialize)]
-struct Success<T> {
+/// Every successful reply: `success` is true, `data` is the route's answer.
+#[derive(Serialize, ToSchema)]
+pub struct Success<T> {
     success: bool,
     data: T,
 }

@@ -14,57 +14,86 @@
 //! connection's whole life — most of what an idle stream cost. Here they exist only during an
 //! exchange, and a stream needs neither once its head is written.
 //!
-//! A connection waiting for a request is closed after [`Timeouts`]: one that never sends one
-//! would otherwise hold its socket and task for ever. (HTTP/2 connections, which only hyper
-//! serves, have no idle limit.)
+//! What a client can hold is bounded ([`Limits`]): a connection waiting for a request is closed
+//! after the idle timeout, a head trickled in after the head timeout (slowloris), and connections
+//! past the cap are answered 503 at once. (HTTP/2 connections, which only hyper serves, have no
+//! idle limit, but count against the cap.)
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::http::{HeaderName, HeaderValue, Method, Request, Version, header, response};
+use axum::http::{Request, header, response};
+use bytes::Bytes;
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-/// Most of a request head read here; a longer head is hyper's to judge.
-const HEAD_LIMIT: usize = 8 * 1024;
+use super::framing::{Next, next_request};
+use crate::telemetry::metric;
+
 /// What a request head usually fits in.
 const HEAD_INITIAL: usize = 1024;
-/// Most headers a request read here may carry.
-const MAX_HEADERS: usize = 64;
 
-/// How long a connection may wait for its next request.
+/// What the listener bounds.
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    /// With no request begun. Longer than the keep-alive of the proxies in front (ingress-nginx
-    /// keeps idle upstream connections for 60 s), so that they close first: a request a proxy
-    /// sends just as this side closes would fail.
+pub struct Limits {
+    /// How long a connection may wait with no request begun.
     pub idle: Duration,
     /// From a request head's first byte to its last: a client trickling one in stops here.
     pub head: Duration,
+    /// Open connections, streams included; one past it is answered 503 and closed at once.
+    pub connections: usize,
 }
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            idle: Duration::from_secs(75),
-            head: Duration::from_secs(10),
+/// Once the listener stops: how long a request in flight may take to finish.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
+/// Once the pod drains: how long a stream's last words (the drain notice) may take to go out to
+/// a client that is not reading.
+const NOTICE_GRACE: Duration = Duration::from_secs(1);
+
+/// The answer to a connection over [`Limits::connections`], written without reading its
+/// request: a fresh socket's send buffer takes it whole.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+retry-after: 1\r\ncontent-length: 42\r\nconnection: close\r\n\r\n\
+{\"success\":false,\"error\":\"Server is full\"}";
+
+/// Set by a streaming handler on its response: what ends the stream's writes early.
+#[derive(Clone)]
+pub(super) struct StreamEnd {
+    /// The pod is draining.
+    pub shutdown: CancellationToken,
+    /// The client reads too slowly; its stream is being dropped.
+    pub too_slow: CancellationToken,
+}
+
+impl StreamEnd {
+    /// Resolves when a write still in progress should be given up.
+    async fn abandoned(&self) {
+        tokio::select! {
+            _ = self.too_slow.cancelled() => {}
+            _ = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(NOTICE_GRACE).await;
+            } => {}
         }
     }
 }
 
 /// Accepts until `stop`, then waits for the connections: idle ones close at once, requests in
-/// flight finish, streams end on their own drain token.
-pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, timeouts: Timeouts) {
+/// flight finish (within [`FINISH_GRACE`]), streams end on their own drain token.
+pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, limits: Limits) {
     let connections = TaskTracker::new();
+    let open = Arc::new(Semaphore::new(limits.connections));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -72,8 +101,13 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, ti
         };
         match accepted {
             Ok((socket, _)) => {
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    metrics::counter!(metric::DROPPED, "reason" => "server_full").increment(1);
+                    let _ = socket.try_write(FULL);
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
-                let served = connection(socket, router.clone(), stop.clone(), timeouts);
+                let served = connection(socket, permit, router.clone(), stop.clone(), limits);
                 connections.spawn(tracing::Instrument::in_current_span(served));
             }
             Err(e) => crate::adapters::accept_failed(e).await,
@@ -84,17 +118,20 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, ti
     connections.wait().await;
 }
 
+/// Serves one connection; `_open` is its place under [`Limits::connections`], given back when
+/// this returns.
 async fn connection(
     mut socket: TcpStream,
+    _open: OwnedSemaphorePermit,
     router: Router,
     stop: CancellationToken,
-    timeouts: Timeouts,
+    limits: Limits,
 ) {
     // Bytes read and not yet served; empty (no allocation) while the connection is idle.
     let mut unread = Vec::new();
     loop {
         // Boxed, and gone before a stream starts: a stream's task should not carry a timer.
-        let mut give_up = Box::pin(tokio::time::sleep(timeouts.idle));
+        let mut give_up = Box::pin(tokio::time::sleep(limits.idle));
         let mut head_begun = false;
         let next = loop {
             match next_request(&unread) {
@@ -103,7 +140,7 @@ async fn connection(
             }
             if !head_begun && !unread.is_empty() {
                 head_begun = true;
-                give_up.as_mut().reset(Instant::now() + timeouts.head);
+                give_up.as_mut().reset(Instant::now() + limits.head);
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -124,89 +161,27 @@ async fn connection(
         match next {
             Next::Stream(request) => {
                 drop(unread);
-                return serve_stream(socket, *request, router).await;
+                return serve_stream(socket, *request, router, stop).await;
             }
             Next::Exchange(length) => {
-                let served = Box::pin(exchange(&mut socket, &mut unread, length, &router)).await;
+                let exchange = Box::pin(exchange(&mut socket, &mut unread, length, &router));
+                let served = tokio::select! {
+                    served = exchange => served,
+                    () = stopped_for(&stop, FINISH_GRACE) => false,
+                };
                 if !served || stop.is_cancelled() {
                     return;
                 }
             }
             // (Incomplete does not get here: the loop above reads on until it is something.)
             Next::HandOver | Next::Incomplete => {
-                return Box::pin(hand_over(socket, unread, router, stop, timeouts)).await;
+                return Box::pin(hand_over(socket, unread, router, stop, limits)).await;
             }
         }
         if unread.is_empty() {
             unread = Vec::new();
         }
     }
-}
-
-enum Next {
-    /// A plain `GET` that opens an event stream, with nothing after it: served here.
-    Stream(Box<Request<Body>>),
-    /// An ordinary request of this many bytes, head and body: one exchange with hyper.
-    Exchange(usize),
-    /// The head has not all arrived yet.
-    Incomplete,
-    /// Something only hyper should handle: the rest of the connection is its.
-    HandOver,
-}
-
-/// What to do with the request at the start of `bytes`.
-fn next_request(bytes: &[u8]) -> Next {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let head = match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(head)) => head,
-        Ok(httparse::Status::Partial) if bytes.len() < HEAD_LIMIT => return Next::Incomplete,
-        _ => return Next::HandOver,
-    };
-    if parsed.version != Some(1) {
-        return Next::HandOver;
-    }
-    let mut body: Option<usize> = None;
-    let mut event_stream = false;
-    for h in parsed.headers.iter() {
-        let value = String::from_utf8_lossy(h.value);
-        match h.name.to_ascii_lowercase().as_str() {
-            "content-length" if body.is_none() => match value.trim().parse() {
-                Ok(length) => body = Some(length),
-                Err(_) => return Next::HandOver,
-            },
-            // A second Content-Length, a chunked body, a protocol switch, a last request.
-            "content-length" | "transfer-encoding" | "upgrade" => return Next::HandOver,
-            "connection" if !value.eq_ignore_ascii_case("keep-alive") => return Next::HandOver,
-            "accept" => event_stream |= value.contains("text/event-stream"),
-            _ => {}
-        }
-    }
-    let body = body.unwrap_or(0);
-    let Some(length) = head.checked_add(body) else {
-        return Next::HandOver;
-    };
-    if event_stream
-        && parsed.method == Some("GET")
-        && body == 0
-        && length == bytes.len()
-        && let Some(request) = to_request(&parsed)
-    {
-        return Next::Stream(Box::new(request));
-    }
-    Next::Exchange(length)
-}
-
-fn to_request(parsed: &httparse::Request) -> Option<Request<Body>> {
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .uri(parsed.path?)
-        .version(Version::HTTP_11);
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    request.body(Body::empty()).ok()
 }
 
 /// Serves the `length` bytes of request at the front of `unread` (and the rest of its body from
@@ -248,7 +223,7 @@ async fn hand_over(
     unread: Vec<u8>,
     router: Router,
     stop: CancellationToken,
-    timeouts: Timeouts,
+    limits: Limits,
 ) {
     let (read, write) = socket.into_split();
     let io = TokioIo::new(tokio::io::join(io::Cursor::new(unread).chain(read), write));
@@ -258,45 +233,66 @@ async fn hand_over(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.idle);
+        .header_read_timeout(limits.idle);
     let conn = builder.serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    let _ = conn.await;
+    // A response that a client does not read would hold the drain: given up after the grace.
+    let _ = tokio::time::timeout(FINISH_GRACE, conn).await;
 }
 
-/// Runs the request through the router and writes the response straight to the socket.
-async fn serve_stream(mut socket: TcpStream, request: Request<Body>, router: Router) {
+/// Resolves `grace` after `stop` is cancelled.
+async fn stopped_for(stop: &CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// Runs the request through the router and writes the response straight to the socket. Every
+/// write races what ends the stream: a client that stops reading cannot pin this task.
+async fn serve_stream(
+    mut socket: TcpStream,
+    request: Request<Body>,
+    router: Router,
+    stop: CancellationToken,
+) {
     // Boxed: the router's future is large and only needed until the response exists.
     let response = match Box::pin(router.oneshot(request)).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
+    // Not a stream (an error, say): a short body, bounded like any request in flight.
+    let end = parts.extensions.get::<StreamEnd>().cloned();
+    let abandoned = async {
+        match &end {
+            Some(end) => end.abandoned().await,
+            None => stopped_for(&stop, FINISH_GRACE).await,
+        }
+    };
+    tokio::pin!(abandoned);
     let head = response_head(&parts, body.size_hint().exact());
-    if socket.write_all(&head).await.is_err() {
-        return;
-    }
-    drop(head);
     let mut body = body.into_data_stream();
+    let mut next = Some(Bytes::from(head));
     loop {
+        if let Some(bytes) = next.take() {
+            tokio::select! {
+                written = socket.write_all(&bytes) => if written.is_err() { return },
+                () = abandoned.as_mut() => return,
+            }
+        }
         let chunk = tokio::select! {
             chunk = body.next() => chunk,
             () = closed_by_peer(&socket) => return,
         };
         match chunk {
-            Some(Ok(bytes)) => {
-                if socket.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
+            Some(Ok(bytes)) => next = Some(bytes),
             Some(Err(_)) | None => break,
         }
     }
-    let _ = socket.shutdown().await;
+    let _ = tokio::time::timeout(NOTICE_GRACE, socket.shutdown()).await;
 }
 
 /// The status line and headers; the body is delimited by its length when known, else by the
@@ -335,16 +331,26 @@ async fn closed_by_peer(socket: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     /// Serves a one-route router on a free loopback port.
-    async fn listening(timeouts: Timeouts) -> (std::net::SocketAddr, CancellationToken) {
+    async fn listening(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let stop = CancellationToken::new();
         let router = Router::new().route("/", axum::routing::get(|| async { "hi" }));
-        tokio::spawn(serve(tcp, router, stop.clone(), timeouts));
+        tokio::spawn(serve(tcp, router, stop.clone(), limits));
         (addr, stop)
+    }
+
+    fn timeouts(idle: Duration, head: Duration) -> Limits {
+        Limits {
+            idle,
+            head,
+            connections: 64,
+        }
     }
 
     /// Reads until the server closes the connection, and returns what came meanwhile.
@@ -375,7 +381,7 @@ mod tests {
     /// A connection to a listener that closes connections idle for `idle`.
     async fn connect_with_idle_timeout(idle: Duration) -> TcpStream {
         let head = Duration::from_secs(60);
-        let (addr, _stop) = listening(Timeouts { idle, head }).await;
+        let (addr, _stop) = listening(timeouts(idle, head)).await;
         TcpStream::connect(addr).await.unwrap()
     }
 
@@ -417,13 +423,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_trickled_in_is_cut_off_after_the_head_timeout() {
-        let head = Duration::from_millis(200);
-        let (addr, _stop) = listening(Timeouts {
-            idle: Duration::from_secs(60),
-            head,
+    async fn a_connection_past_the_cap_is_answered_503_at_once_and_closed() {
+        let minute = Duration::from_secs(60);
+        let (addr, _stop) = listening(Limits {
+            idle: minute,
+            head: minute,
+            connections: 2,
         })
         .await;
+        // Two connections, each served once (so both are surely counted), then held open.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut socket = TcpStream::connect(addr).await.unwrap();
+            ask(&mut socket, GET).await;
+            held.push(socket);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let got = String::from_utf8(until_closed(&mut third).await).unwrap();
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{got}"
+        );
+        assert!(head.contains("\r\nretry-after: 1\r\n"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"], "Server is full");
+        // The two held connections are still served.
+        for socket in &mut held {
+            ask(socket, GET).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_in_is_cut_off_after_the_head_timeout() {
+        let head = Duration::from_millis(200);
+        let (addr, _stop) = listening(timeouts(Duration::from_secs(60), head)).await;
         let mut socket = TcpStream::connect(addr).await.unwrap();
         let (mut read, mut write) = socket.split();
         let begun = Instant::now();
@@ -443,60 +478,6 @@ mod tests {
             got = until_closed(&mut read) => assert!(got.is_empty()),
         }
         assert!(begun.elapsed() >= head);
-    }
-
-    fn next(head: &str) -> Next {
-        next_request(head.as_bytes())
-    }
-
-    #[test]
-    fn an_event_source_request_is_served_here() {
-        let head = "GET /api/events?sessionId=x HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\nLast-Event-ID: 7\r\n\r\n";
-        let Next::Stream(request) = next(head) else {
-            panic!("not recognised as a stream");
-        };
-        assert_eq!(request.uri(), "/api/events?sessionId=x");
-        assert_eq!(request.headers()["last-event-id"], "7");
-    }
-
-    #[test]
-    fn an_ordinary_request_is_one_exchange_of_its_head_and_body() {
-        let post = "POST /api/message HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
-        assert!(matches!(next(&format!("{post}hi")), Next::Exchange(n) if n == post.len() + 2));
-        // The body need not have arrived yet; what follows it is the next request's.
-        assert!(matches!(next(post), Next::Exchange(n) if n == post.len() + 2));
-        let get = "GET /health HTTP/1.1\r\nConnection: keep-alive\r\n\r\n";
-        assert!(
-            matches!(next(&format!("{get}GET / HTTP/1.1\r\n")), Next::Exchange(n) if n == get.len())
-        );
-        // A stream request with bytes after it is left to hyper, within one exchange.
-        let stream = "GET /api/events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n";
-        assert!(matches!(next(&format!("{stream}GET /")), Next::Exchange(n) if n == stream.len()));
-    }
-
-    #[test]
-    fn a_partial_head_is_read_on_and_anything_unusual_goes_to_hyper() {
-        assert!(matches!(next(""), Next::Incomplete));
-        assert!(matches!(
-            next("GET /api/events HTTP/1.1\r\nAccept: text/"),
-            Next::Incomplete
-        ));
-        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(HEAD_LIMIT));
-        for head in [
-            "GET /api/events HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
-            "POST /api/message HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST /api/message HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
-            "POST /api/message HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 3\r\n\r\n",
-            "POST /api/message HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n",
-            "POST /api/message HTTP/1.1\r\nContent-Length: two\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "\x16\x03\x01 not http",
-            &huge,
-        ] {
-            assert!(matches!(next(head), Next::HandOver), "{head:?}");
-        }
     }
 
     #[test]

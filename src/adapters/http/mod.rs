@@ -4,10 +4,14 @@
 mod api;
 mod auth;
 mod error;
+pub mod framing;
+pub mod health;
 mod listener;
 pub mod openapi;
 mod sse;
 mod web;
+
+pub use sse::StreamRequest;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,14 +26,18 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use super::Slots;
 use crate::core::Chat;
-use crate::health;
 use crate::telemetry::metric;
 
 /// The largest request body accepted (a 2,000-character message in JSON is far below it).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long a non-streaming request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP connections allowed beyond MAX_CONNECTIONS: when streams fill the pod's slots, plain
+/// requests — health probes, scrapes, API calls — still get a connection (and a stream past the
+/// cap gets its 503 rather than a refused connection).
+const SPARE_CONNECTIONS: usize = 256;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -40,6 +48,20 @@ pub struct AppState {
     pub started: Instant,
     pub instance: Arc<str>,
     pub session_idle_secs: i64,
+    /// MAX_CONNECTIONS, shared with the TCP adapter: each open stream holds a slot.
+    pub slots: Slots,
+    /// The API description, made once at start ([`openapi::document`]).
+    pub openapi: Arc<serde_json::Value>,
+    /// The dependencies as last checked ([`health::run_checks`] and readiness probes).
+    pub checked: Arc<tokio::sync::watch::Sender<health::Checked>>,
+}
+
+/// How the HTTP front bounds its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct Front {
+    pub idle_timeout: Duration,
+    pub head_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// Every route, with its middleware.
@@ -90,6 +112,11 @@ async fn record_duration(request: Request, next: Next) -> Response {
 
 /// Serves until `stop`, then finishes the requests in flight. Streams end earlier, on the drain
 /// token in `state`, which also turns readiness to 503.
-pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    listener::serve(listener, router(state), stop, listener::Timeouts::default()).await;
+pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken, front: Front) {
+    let limits = listener::Limits {
+        idle: front.idle_timeout,
+        head: front.head_timeout,
+        connections: front.max_connections + SPARE_CONNECTIONS,
+    };
+    listener::serve(listener, router(state), stop, limits).await;
 }

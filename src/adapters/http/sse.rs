@@ -10,19 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::api::RoomPath;
 use super::auth::Credentials;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, Failure, Unavailable};
+use super::listener::StreamEnd;
 use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
 use crate::core::names::RoomName;
 use crate::core::{Chat, Error, EventStream, Resume, Show};
@@ -34,6 +38,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const BATCH: usize = 256;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamQuery {
     /// The session, when not sent as a bearer token or cookie.
@@ -41,50 +46,75 @@ pub struct StreamQuery {
     pub session_id: Option<String>,
     /// Resume after this seq, for clients that cannot set `Last-Event-ID`.
     #[serde(rename = "last_event_id")]
+    #[param(minimum = 0)]
     pub last_event_id: Option<i64>,
 }
 
+/// What a stream request says — its session and where it resumes — read from its query,
+/// headers and cookies. Refused with 400 (a bad query or `Last-Event-ID`) or 401 (no session).
+pub struct StreamRequest {
+    pub session: SessionId,
+    pub resume: Resume,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(query) = Query::<StreamQuery>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let after = resume_after(&parts.headers, &query)?;
+        let Ok(credentials) = Credentials::from_request_parts(parts, state).await;
+        let session = credentials.session(query.session_id.as_deref())?;
+        let cookies = CookieJar::from_headers(&parts.headers);
+        let epoch = cookies.get(EPOCH_COOKIE).map(|c| c.value().to_owned());
+        let room = cookies
+            .get(&room_cookie(session))
+            .map(|c| c.value().to_owned());
+        Ok(StreamRequest {
+            session,
+            resume: Resume { after, epoch, room },
+        })
+    }
+}
+
 /// Streams one room's messages and events.
-#[utoipa::path(get, path = "/api/messages/{room}", params(("room" = String, Path), StreamQuery),
-    responses((status = 200, content_type = "text/event-stream"), (status = 401), (status = 404)))]
+#[utoipa::path(get, path = "/api/messages/{room}", params(RoomPath, StreamQuery),
+    responses((status = 200, content_type = "text/event-stream"), (status = 400, body = Failure),
+        (status = 401, body = Failure), (status = 404, body = Failure), Unavailable))]
 pub async fn get_room_stream(
     State(state): State<AppState>,
-    Path(room): Path<String>,
-    Query(query): Query<StreamQuery>,
-    headers: HeaderMap,
-    credentials: Credentials,
+    ApiPath(path): ApiPath<RoomPath>,
+    request: StreamRequest,
 ) -> Result<Response, ApiError> {
-    let session = state
-        .chat
-        .resume(credentials.session(query.session_id.as_deref())?)
-        .await?;
+    let name = RoomName::parse_exact(&path.room).map_err(Error::from)?;
+    let slot = take_slot(&state)?;
+    let session = state.chat.resume(request.session).await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
-    let name = RoomName::parse(&room).map_err(Error::from)?;
     let room = state.chat.find_room(&name).await?;
-    let stream = state
-        .chat
-        .open_room_stream(&record, &room, resume(&headers, &query, None))
-        .await?;
-    Ok(respond(stream, &state))
+    // The room cookie is the session stream's: this stream's room is in its path.
+    let resume = Resume {
+        room: None,
+        ..request.resume
+    };
+    let stream = state.chat.open_room_stream(&record, &room, resume).await?;
+    Ok(respond(stream, slot, &state))
 }
 
 /// Streams everything the session would see on TCP: its room (following it), DMs, room events.
 #[utoipa::path(get, path = "/api/events", params(StreamQuery),
-    responses((status = 200, content_type = "text/event-stream"), (status = 401)))]
+    responses((status = 200, content_type = "text/event-stream"), (status = 400, body = Failure),
+        (status = 401, body = Failure), Unavailable))]
 pub async fn get_session_stream(
     State(state): State<AppState>,
-    Query(query): Query<StreamQuery>,
-    headers: HeaderMap,
-    credentials: Credentials,
+    request: StreamRequest,
 ) -> Result<Response, ApiError> {
-    let session = state
-        .chat
-        .resume(credentials.session(query.session_id.as_deref())?)
-        .await?;
+    let slot = take_slot(&state)?;
+    let session = state.chat.resume(request.session).await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
     let stream = state
         .chat
-        .open_session_stream(&record, resume(&headers, &query, Some(record.id)))
+        .open_session_stream(&record, request.resume)
         .await?;
     let room = record
         .room
@@ -95,7 +125,7 @@ pub async fn get_session_stream(
         room_cookie(record.id),
         state.session_idle_secs
     );
-    let mut response = respond(stream, &state);
+    let mut response = respond(stream, slot, &state);
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -113,31 +143,56 @@ fn room_cookie(session: SessionId) -> String {
     format!("chatRoom-{}", &session.to_string()[..12])
 }
 
-/// Where the client resumes: `Last-Event-ID` (or `last_event_id`), and what its cookies say.
-fn resume(headers: &HeaderMap, query: &StreamQuery, session: Option<SessionId>) -> Resume {
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .or(query.last_event_id);
-    let cookies = CookieJar::from_headers(headers);
-    let epoch = cookies.get(EPOCH_COOKIE).map(|c| c.value().to_owned());
-    let room = session.and_then(|s| cookies.get(&room_cookie(s)).map(|c| c.value().to_owned()));
-    Resume { after, epoch, room }
+/// The stream's place under MAX_CONNECTIONS, held as long as it is open.
+fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, Error> {
+    state.slots.take().ok_or_else(|| {
+        metrics::counter!(metric::DROPPED, "reason" => "server_full").increment(1);
+        Error::ServerFull
+    })
 }
 
-fn respond(stream: EventStream, state: &AppState) -> Response {
+/// The seq to resume after: `Last-Event-ID`, else `last_event_id`. Ids this server sends are
+/// seqs, so anything but a non-negative integer was never one of them, and is refused rather
+/// than taken for a fresh start. (An empty id is none: it is what clears a client's id.)
+fn resume_after(headers: &HeaderMap, query: &StreamQuery) -> Result<Option<i64>, ApiError> {
+    let refused = || ApiError::BadRequest("Last-Event-ID must be a non-negative integer".into());
+    let header = match headers.get("last-event-id") {
+        Some(value) => {
+            let value = value.to_str().map_err(|_| refused())?.trim();
+            match value {
+                "" => None,
+                value => Some(value.parse::<u64>().map_err(|_| refused())?),
+            }
+        }
+        None => None,
+    };
+    let after = match header {
+        Some(seq) => Some(i64::try_from(seq).map_err(|_| refused())?),
+        None => query.last_event_id,
+    };
+    match after {
+        Some(seq) if seq < 0 => Err(refused()),
+        after => Ok(after),
+    }
+}
+
+fn respond(stream: EventStream, slot: OwnedSemaphorePermit, state: &AppState) -> Response {
     let epoch = format!(
         "{EPOCH_COOKIE}={}; Path=/api/; HttpOnly; SameSite=Strict",
         stream.epoch
     );
-    let writer = Writer::new(stream, state.chat.clone(), state.shutdown.clone());
+    let end = StreamEnd {
+        shutdown: state.shutdown.clone(),
+        too_slow: stream.inbox.too_slow.clone(),
+    };
+    let writer = Writer::new(stream, slot, state.chat.clone(), state.shutdown.clone());
     let body = Body::from_stream(futures::stream::unfold(writer, |mut w| async move {
         w.next_chunk()
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), w))
     }));
     let mut response = body.into_response();
+    response.extensions_mut().insert(end);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -163,10 +218,16 @@ struct Writer {
     ready: VecDeque<Bytes>,
     deliveries: Vec<Delivery>,
     finished: bool,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Writer {
-    fn new(stream: EventStream, chat: Arc<Chat>, shutdown: CancellationToken) -> Self {
+    fn new(
+        stream: EventStream,
+        slot: OwnedSemaphorePermit,
+        chat: Arc<Chat>,
+        shutdown: CancellationToken,
+    ) -> Self {
         chat.count_connection("sse", true);
         let mut ready = VecDeque::new();
         ready.push_back(connected(&stream.start));
@@ -182,6 +243,7 @@ impl Writer {
             ready,
             deliveries: Vec::new(),
             finished: false,
+            _slot: slot,
         }
     }
 

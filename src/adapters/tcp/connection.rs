@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -15,10 +15,10 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::codec::{AnyDelimiterCodec, Decoder};
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
+use super::lines::{Line, LineReader, LineTooLong};
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Event};
 use crate::core::outbox::Inbox;
 use crate::core::{Chat, Error, Reply, Session, Show, Transport};
@@ -45,10 +45,6 @@ const KICKED: &str =
 /// Told to a user whose room skipped messages the store no longer has.
 const SKIPPED: &str = "[system] Some messages of this room are no longer available";
 
-/// A line as read: its bytes, or the news that it was longer than allowed (and was skipped).
-type Line = Result<Bytes, LineTooLong>;
-struct LineTooLong;
-
 /// Why the connection ends.
 enum End {
     /// The client left, broke the connection, or asked to quit.
@@ -63,8 +59,7 @@ enum End {
 struct Connection {
     stream: TcpStream,
     read_buf: BytesMut,
-    codec: AnyDelimiterCodec,
-    max_line_bytes: usize,
+    lines: LineReader,
     shutdown: CancellationToken,
     too_slow: CancellationToken,
     /// Set while a drain settles what the client sent: writes go on despite the shutdown.
@@ -84,13 +79,7 @@ pub async fn serve(
     let mut conn = Connection {
         stream,
         read_buf: BytesMut::new(),
-        // +1 leaves room for the CR of a CRLF line of exactly MAX_LINE_BYTES.
-        codec: AnyDelimiterCodec::new_with_max_length(
-            b"\n".to_vec(),
-            Vec::new(),
-            settings.max_line_bytes + 1,
-        ),
-        max_line_bytes: settings.max_line_bytes,
+        lines: LineReader::new(settings.max_line_bytes),
         shutdown,
         too_slow: inbox.too_slow.clone(),
         draining: false,
@@ -347,10 +336,8 @@ impl Connection {
     /// The next line, without its line ending. Cancel-safe: all state lives in `self`.
     async fn read_line(&mut self) -> Result<Line, End> {
         loop {
-            match self.codec.decode(&mut self.read_buf) {
-                Ok(Some(line)) => return Ok(self.check_length(strip_cr(line))),
-                Ok(None) => {}
-                Err(_too_long) => return Ok(Err(LineTooLong)),
+            if let Some(line) = self.lines.next(&mut self.read_buf) {
+                return Ok(line);
             }
             if self.read_buf.is_empty() {
                 // Give the buffer back while idle; most connections are idle most of the time.
@@ -359,34 +346,12 @@ impl Connection {
             self.stream.readable().await.map_err(|_| End::Client)?;
             self.read_buf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.read_buf) {
-                Ok(0) => {
-                    // End of input: a last line without a newline still counts.
-                    return match self.codec.decode_eof(&mut self.read_buf) {
-                        Ok(Some(line)) if !line.is_empty() => Ok(self.check_length(strip_cr(line))),
-                        _ => Err(End::Client),
-                    };
-                }
+                // End of input: a last line without a newline still counts.
+                Ok(0) => return self.lines.last(&mut self.read_buf).ok_or(End::Client),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(End::Client),
             }
         }
-    }
-}
-
-impl Connection {
-    /// The codec allows one byte more than MAX_LINE_BYTES for a CR; the line itself may not.
-    fn check_length(&self, line: Bytes) -> Line {
-        if line.len() > self.max_line_bytes {
-            return Err(LineTooLong);
-        }
-        Ok(line)
-    }
-}
-
-fn strip_cr(line: Bytes) -> Bytes {
-    match line.last() {
-        Some(b'\r') => line.slice(..line.len() - 1),
-        _ => line,
     }
 }

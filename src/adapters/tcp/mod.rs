@@ -1,20 +1,24 @@
 //! The netcat adapter: a TCP listener speaking the line protocol of SPEC §3.
 //!
 //! Admission happens here, before a connection costs anything: a per-pod connect-rate limit sheds
-//! reconnect storms and a semaphore caps open connections at MAX_CONNECTIONS.
+//! reconnect storms and the pod's [`Slots`] cap open connections at MAX_CONNECTIONS. Every socket
+//! gets TCP keepalive: netcat never writes on its own, and a peer that vanished without a FIN
+//! (a laptop closed, a NAT entry dropped) would otherwise hold its nickname until the next write.
 
 mod connection;
+pub mod lines;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::Slots;
 use crate::config::Config;
 use crate::core::{Chat, Error};
 use crate::telemetry::metric;
@@ -26,16 +30,20 @@ pub struct Settings {
     pub nick_timeout: Duration,
 }
 
+/// Probes per keepalive period; the connection is dropped after this many go unanswered.
+const KEEPALIVE_PROBES: u32 = 3;
+
 pub struct TcpServer {
     listener: TcpListener,
     chat: Arc<Chat>,
     settings: Arc<Settings>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
+    keepalive: Duration,
     connect_rate: DefaultDirectRateLimiter,
 }
 
 impl TcpServer {
-    pub fn new(listener: TcpListener, chat: Arc<Chat>, config: &Config) -> Self {
+    pub fn new(listener: TcpListener, chat: Arc<Chat>, slots: Slots, config: &Config) -> Self {
         TcpServer {
             listener,
             chat,
@@ -43,7 +51,8 @@ impl TcpServer {
                 max_line_bytes: config.max_line_bytes,
                 nick_timeout: config.nick_timeout(),
             }),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
+            slots,
+            keepalive: config.tcp_keepalive(),
             connect_rate: DefaultDirectRateLimiter::direct(Quota::per_second(
                 config.connect_rate_per_sec,
             )),
@@ -69,11 +78,12 @@ impl TcpServer {
                 refuse(&stream, "connect_rate", &Error::TooManyConnections);
                 continue;
             }
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let Some(slot) = self.slots.take() else {
                 refuse(&stream, "server_full", &Error::ServerFull);
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            keep_alive(&stream, self.keepalive);
             let connection = connection::serve(
                 stream,
                 slot,
@@ -92,4 +102,22 @@ impl TcpServer {
 fn refuse(stream: &TcpStream, reason: &'static str, error: &Error) {
     metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
     let _ = stream.try_write(format!("Error: {error}\n").as_bytes());
+}
+
+/// Probes an idle connection after `idle`, then every third of it; after [`KEEPALIVE_PROBES`]
+/// unanswered probes — or data unacknowledged as long — the kernel fails the socket, the read
+/// ends, and the session closes: about `2 × idle` after the peer vanished.
+fn keep_alive(stream: &TcpStream, idle: Duration) {
+    let interval = (idle / KEEPALIVE_PROBES).max(Duration::from_secs(1));
+    let probes = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_PROBES);
+    let socket = SockRef::from(stream);
+    if let Err(error) = socket
+        .set_tcp_keepalive(&probes)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES)))
+    {
+        tracing::debug!(%error, "could not set TCP keepalive");
+    }
 }

@@ -1,7 +1,8 @@
 //! HTTP sessions: `session:<id>` hashes — the record (`r`), its version (`v`), its logical
 //! expiry (`e`), and what keeps its nickname claim and presence entry alive — plus a sorted set
 //! of expiries that hands each expired session to exactly one pod. Saves are compare-and-set on
-//! the version; commands that change a session hold `session:<id>:lock`.
+//! the version; commands that change a session hold `session:<id>:lock`; its rate-limit
+//! allowance is `session:<id>:rate`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
+use governor::Quota;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -74,6 +76,24 @@ static TAKE_EXPIRED: LazyLock<Script> = LazyLock::new(|| {
          local r = redis.call('HGET', KEYS[1], 'r')
          redis.call('DEL', KEYS[1])
          return r",
+    )
+});
+
+/// Takes one request from the allowance `KEYS[1]` (GCRA: the key holds the theoretical arrival
+/// time, in µs of the server's clock, which every pod shares). ARGV: emission interval µs,
+/// tolerance µs (interval × (burst − 1)). 1 allowed, 0 refused. `%.0f`, not tostring: Lua 5.1
+/// would print a µs timestamp with an exponent and lose its last digits.
+static SPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "local t = redis.call('TIME')
+         local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+         local tat = tonumber(redis.call('GET', KEYS[1])) or now
+         if tat < now then tat = now end
+         if tat - now > tonumber(ARGV[2]) then return 0 end
+         local next = tat + tonumber(ARGV[1])
+         redis.call('SET', KEYS[1], string.format('%.0f', next),
+                    'PX', math.floor((next - now) / 1000) + 1)
+         return 1",
     )
 });
 
@@ -262,5 +282,19 @@ impl Sessions for ValkeyBus {
             expired.extend(record.and_then(|r| serde_json::from_str(&r).ok()));
         }
         Ok(expired)
+    }
+
+    async fn spend(&self, id: SessionId, quota: Quota) -> Result<bool, BusError> {
+        let interval = quota.replenish_interval().as_micros();
+        let tolerance = interval * u128::from(quota.burst_size().get() - 1);
+        let allowed: i64 = SPEND
+            .evalsha_with_reload(
+                &self.client,
+                vec![format!("{}:rate", session_key(id))],
+                vec![interval.to_string(), tolerance.to_string()],
+            )
+            .await
+            .map_err(failed("checking a session's rate limit"))?;
+        Ok(allowed == 1)
     }
 }

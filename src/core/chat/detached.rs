@@ -106,7 +106,8 @@ impl Chat {
         }
     }
 
-    /// Posts a chat message for an HTTP session. With a client message id, a retry (on any pod)
+    /// Posts a chat message for an HTTP session, its content as written (sanitised and trimmed,
+    /// but never read as a command). With a client message id, a retry (on any pod)
     /// returns the original message and stores nothing.
     pub async fn post(
         &self,
@@ -115,10 +116,16 @@ impl Chat {
         client_id: Option<&str>,
     ) -> Result<ChatMessage, Error> {
         let session = self.resume(id).await?;
-        let Some(Ok(Input::Chat(content))) = command::parse(&sanitize(content)) else {
-            return Err(Error::NotAMessage);
-        };
-        self.check_rate(&session)?;
+        // Posted as written, a leading `/` included: commands have their own route. The limit
+        // is on the content as sent, so that it is the one the API description can state.
+        if content.chars().count() > self.limits.max_message_chars {
+            return Err(Error::MessageTooLong);
+        }
+        let content = sanitize(content).trim().to_owned();
+        if content.is_empty() {
+            return Err(Error::EmptyMessage);
+        }
+        self.check_rate(&session).await?;
         let key = client_id.map(|c| Uuid::new_v5(&KEY_NAMESPACE, format!("{id}:{c}").as_bytes()));
         let ack = self.send(&session, content, key).await?;
         let message = ack.committed().await?;

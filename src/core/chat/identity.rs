@@ -211,7 +211,6 @@ impl Chat {
     pub async fn run_session_expiry(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
-            self.detached_limiter.retain_recent();
             match self.sessions.take_expired().await {
                 Ok(expired) => {
                     for record in expired {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::Quota;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -76,9 +76,9 @@ pub struct Chat {
     publisher: Publisher,
     committer: Committer,
     limits: Limits,
-    /// Detached sessions have no state of their own on this pod between requests, so their
-    /// limits are kept here, by session id.
-    detached_limiter: DefaultKeyedRateLimiter<SessionId>,
+    /// Every session's rate limit; a live session's is counted on its pod, a detached one's where
+    /// the sessions are kept (its requests may come to any pod).
+    quota: Quota,
     /// Open connections and streams on this pod (for health; the metric has them by transport).
     connections: AtomicUsize,
     /// Each live session's kick switch, for when its nickname can no longer be vouched for.
@@ -102,7 +102,7 @@ impl Chat {
             feeds,
             publisher,
             committer,
-            detached_limiter: DefaultKeyedRateLimiter::keyed(quota),
+            quota,
             connections: AtomicUsize::new(0),
             live: Mutex::new(HashMap::new()),
             limits,
@@ -136,7 +136,7 @@ impl Chat {
         let Some(input) = command::parse(&sanitize(line)) else {
             return Ok(Reply::Nothing);
         };
-        self.check_rate(session)?;
+        self.check_rate(session).await?;
         match input? {
             Input::Chat(content) => self.send(session, content, None).await.map(Reply::Sent),
             Input::Command(command) => {
@@ -150,12 +150,12 @@ impl Chat {
         }
     }
 
-    fn check_rate(&self, session: &Session) -> Result<(), Error> {
-        let limited = match &session.limiter {
-            Some(limiter) => limiter.check().is_err(),
-            None => self.detached_limiter.check_key(&session.id).is_err(),
+    async fn check_rate(&self, session: &Session) -> Result<(), Error> {
+        let allowed = match &session.limiter {
+            Some(limiter) => limiter.check().is_ok(),
+            None => self.sessions.spend(session.id, self.quota).await?,
         };
-        if limited {
+        if !allowed {
             metrics::counter!(metric::DROPPED, "reason" => "rate_limited").increment(1);
             return Err(Error::RateLimited);
         }

@@ -1,0 +1,125 @@
+//! `/health` (liveness), `/health/ready` (readiness) and `/metrics`.
+//!
+//! Liveness says only that the process serves: a database or Valkey outage must not make the
+//! kubelet restart every pod at once, so it does no I/O at all — it shows the dependencies as
+//! last checked, by the background [`run_checks`] or the latest readiness probe. Readiness says
+//! whether this pod should get traffic: both dependencies answer now (within [`PING_TIMEOUT`])
+//! and it is not draining.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use crate::core::Chat;
+
+/// How long a check waits for a dependency before calling it down.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the dependencies are checked.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether each dependency answered the last check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checked {
+    pub db: bool,
+    pub valkey: bool,
+}
+
+/// Asks the database and the bus whether they answer.
+pub async fn check(chat: &Chat) -> Checked {
+    match tokio::time::timeout(PING_TIMEOUT, chat.ping()).await {
+        Ok((store, bus)) => Checked {
+            db: store.is_ok(),
+            valkey: bus.is_ok(),
+        },
+        Err(_) => Checked::default(),
+    }
+}
+
+/// Checks the dependencies every second until `shutdown`, publishing each result.
+pub async fn run_checks(
+    chat: Arc<Chat>,
+    checked: Arc<watch::Sender<Checked>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        checked.send_replace(check(&chat).await);
+    }
+}
+
+#[derive(Serialize)]
+struct Liveness {
+    status: &'static str,
+    db: &'static str,
+    valkey: &'static str,
+    connections: usize,
+    uptime: u64,
+    instance: String,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    db: &'static str,
+    valkey: &'static str,
+    draining: bool,
+}
+
+fn word(up: bool) -> &'static str {
+    if up { "up" } else { "down" }
+}
+
+pub async fn get_health(State(state): State<AppState>) -> impl IntoResponse {
+    let checked = *state.checked.borrow();
+    let (db, valkey) = (word(checked.db), word(checked.valkey));
+    Json(Liveness {
+        status: "ok",
+        db,
+        valkey,
+        connections: state.chat.connections(),
+        uptime: state.started.elapsed().as_secs(),
+        instance: state.instance.to_string(),
+    })
+}
+
+pub async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
+    let draining = state.shutdown.is_cancelled();
+    let checked = check(&state.chat).await;
+    state.checked.send_replace(checked);
+    let (db, valkey) = (word(checked.db), word(checked.valkey));
+    let ready = !draining && checked.db && checked.valkey;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            db,
+            valkey,
+            draining,
+        }),
+    )
+}
+
+pub async fn get_metrics() -> impl IntoResponse {
+    let body = crate::telemetry::metrics_handle().render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+}
