@@ -363,12 +363,13 @@ async fn preload(cluster: &Cluster, rooms: &[String], count: u64) -> anyhow::Res
 
 fn print_report(anomalies: &[check::Anomaly], stats: &check::Stats) {
     println!(
-        "chaos: {} messages sent ({} acknowledged, {} failed, {} unknown), {} stored, {} shown in {} segments, {} DMs, {} faults, {} nickname probes",
+        "chaos: {} messages sent ({} acknowledged, {} failed, {} unknown), {} stored ({} more removed by retention), {} shown in {} segments, {} DMs, {} faults, {} nickname probes",
         stats.sent,
         stats.acknowledged,
         stats.failed,
         stats.unknown,
         stats.stored,
+        stats.retired,
         stats.shown,
         stats.segments,
         stats.dms,
