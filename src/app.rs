@@ -263,6 +263,8 @@ impl App {
         let front = Front {
             idle_timeout: Duration::from_secs(config.http_idle_timeout_secs),
             head_timeout: Duration::from_secs(config.http_head_timeout_secs),
+            write_timeout: Duration::from_secs(config.http_write_timeout_secs),
+            keepalive: config.tcp_keepalive(),
             max_connections: config.max_connections,
         };
         let http_stop = CancellationToken::new();

@@ -36,13 +36,16 @@ pub struct Config {
     pub max_connections: usize,
     pub connect_rate_per_sec: NonZeroU32,
     pub nick_timeout_secs: u64,
-    /// Idle time before a netcat connection is probed (TCP keepalive); a peer that vanished
-    /// without closing is dropped about twice this later.
+    /// Idle time before a client socket (netcat or HTTP) is probed (TCP keepalive); a peer that
+    /// vanished without closing is dropped about twice this later.
     pub tcp_keepalive_secs: u64,
     /// How long an HTTP connection may wait for its next request.
     pub http_idle_timeout_secs: u64,
     /// How long a request head may take to arrive, from its first byte.
     pub http_head_timeout_secs: u64,
+    /// How long a response may make no progress into a client's socket before the connection
+    /// is dropped (a client that stopped reading).
+    pub http_write_timeout_secs: u64,
     pub session_idle_timeout_secs: u64,
     pub presence_ttl_secs: u64,
     pub retention_per_room: usize,
@@ -89,6 +92,7 @@ impl Default for Config {
             // as this side closes would fail.
             http_idle_timeout_secs: 75,
             http_head_timeout_secs: 10,
+            http_write_timeout_secs: 30,
             session_idle_timeout_secs: 1800,
             presence_ttl_secs: 30,
             retention_per_room: 10_000,
@@ -127,6 +131,7 @@ const ENV_KEYS: &[&str] = &[
     "TCP_KEEPALIVE_SECS",
     "HTTP_IDLE_TIMEOUT_SECS",
     "HTTP_HEAD_TIMEOUT_SECS",
+    "HTTP_WRITE_TIMEOUT_SECS",
     "SESSION_IDLE_TIMEOUT_SECS",
     "PRESENCE_TTL_SECS",
     "RETENTION_PER_ROOM",
@@ -211,6 +216,10 @@ impl Config {
             (
                 "HTTP_HEAD_TIMEOUT_SECS",
                 self.http_head_timeout_secs as usize,
+            ),
+            (
+                "HTTP_WRITE_TIMEOUT_SECS",
+                self.http_write_timeout_secs as usize,
             ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

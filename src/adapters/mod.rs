@@ -3,6 +3,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod http;
@@ -28,5 +32,26 @@ impl Slots {
 /// spinning on the listener.
 async fn accept_failed(error: std::io::Error) {
     tracing::warn!(%error, "accept failed");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Probes per keepalive period; the connection is dropped after this many go unanswered.
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Probes an idle connection after `idle`, then every third of it; after [`KEEPALIVE_PROBES`]
+/// unanswered probes — or data unacknowledged as long — the kernel fails the socket, the read
+/// ends, and the session closes: about `2 × idle` after the peer vanished.
+pub(crate) fn keep_alive(stream: &TcpStream, idle: Duration) {
+    let interval = (idle / KEEPALIVE_PROBES).max(Duration::from_secs(1));
+    let probes = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_PROBES);
+    let socket = SockRef::from(stream);
+    if let Err(error) = socket
+        .set_tcp_keepalive(&probes)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES)))
+    {
+        tracing::debug!(%error, "could not set TCP keepalive");
+    }
 }

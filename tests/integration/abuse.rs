@@ -1,7 +1,7 @@
 //! The fronts under abuse (SPEC §3): streams count against MAX_CONNECTIONS with netcat users, HTTP
 //! connections are bounded, slow heads are cut off, a stream that stops reading holds neither
 //! its task nor the drain, the per-session rate limit holds across replicas, and a netcat peer
-//! that vanished without a FIN gives its nickname back.
+//! that vanished without a FIN gives its nickname back (a browser, its stream slot).
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -267,6 +267,36 @@ async fn a_netcat_peer_that_vanished_frees_its_nickname_within_the_keepalive_bou
         assert!(
             vanished.elapsed() < Duration::from_secs(15),
             "ghost still held {:?} after the peer vanished",
+            vanished.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(ghost);
+}
+
+#[tokio::test]
+async fn a_browser_that_vanished_gives_its_stream_slot_back_within_the_keepalive_bound() {
+    let app = spawn_app_with(|c| {
+        c.max_connections = 1;
+        c.tcp_keepalive_secs = 1;
+    })
+    .await;
+    let web = Http::new(app.http).connect("wisp").await;
+    let path = format!("/api/events?sessionId={web}");
+    let (ghost, head) = open_stream(app.http, &path).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let _cut = Vanished::client(ghost.local_addr().unwrap().port());
+    let vanished = Instant::now();
+    // The one slot is the ghost's until the kernel gives up on it: about 4 s with 1-s probes.
+    loop {
+        let (_again, head) = open_stream(app.http, &path).await;
+        if head.starts_with("HTTP/1.1 200 OK\r\n") {
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(
+            vanished.elapsed() < Duration::from_secs(15),
+            "the vanished browser still held its slot {:?} later",
             vanished.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -908,3 +908,40 @@ async fn a_browser_with_an_open_stream_keeps_its_session_and_name_through_a_valk
     assert_eq!(next_message(&mut events).await["content"], "still here");
     nc.expect("[lobby] web: still here").await;
 }
+
+#[tokio::test]
+async fn a_request_the_database_holds_past_the_time_limit_is_answered_in_the_envelope() {
+    // Database timeouts longer than the HTTP request limit (10 s): the limit answers first.
+    let cluster = Cluster::start(
+        1,
+        &[
+            ("DB_STATEMENT_TIMEOUT_SECS", "60"),
+            ("DB_ACQUIRE_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
+    let http = cluster.http(0);
+    let web = http.connect("held").await;
+    http.command(&web, "/create held").await;
+    cluster.pg.pause(true);
+    let body = json!({"sessionId": web, "content": "in limbo", "clientMessageId": "limbo-1"});
+    let (sent, listed) = tokio::join!(http.post("/api/message", body), http.get("/api/rooms"));
+    cluster.pg.pause(false);
+    // The message may have been stored: "unconfirmed", and a retry with its id settles it.
+    assert_eq!(sent.0, StatusCode::GATEWAY_TIMEOUT, "{}", sent.1);
+    assert_eq!(sent.1["success"], false);
+    assert_eq!(
+        sent.1["error"],
+        "Could not confirm that the message was stored; it may have been"
+    );
+    assert_eq!(listed.0, StatusCode::SERVICE_UNAVAILABLE, "{}", listed.1);
+    assert_eq!(listed.1["error"], "Service temporarily unavailable");
+    let retry = json!({"sessionId": web, "content": "in limbo", "clientMessageId": "limbo-1"});
+    let (status, posted) = http.post("/api/message", retry).await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    let db = cluster.db().await;
+    assert_eq!(
+        stored(&db, "held").await.values().collect::<Vec<_>>(),
+        ["in limbo"]
+    );
+}

@@ -7,17 +7,19 @@
 //! - any other request is one exchange with hyper: hyper reads exactly that request and then sees
 //!   the end of its input, answers as on any kept-alive connection, and gives the socket back, so
 //!   the next request on the connection — maybe a stream — is read here again;
-//! - anything unusual (HTTP/1.0, a chunked body, an upgrade, HTTP/2, `Connection: close`, a head
-//!   over 8 KiB, bad syntax) hands the rest of the connection to hyper.
+//! - anything unusual (HTTP/1.0, a chunked body, an upgrade, `Connection: close`, a head over
+//!   8 KiB, bad syntax) hands the rest of the connection to hyper, for HTTP/1 only: what speaks
+//!   to this port is a browser, a load balancer or an Ingress, all HTTP/1.1, and an HTTP/2
+//!   connection would be one more thing for a client to hold open without limits.
 //!
 //! Why: hyper keeps two fixed 8 KiB buffers (read, response head) per HTTP/1.1 connection for the
 //! connection's whole life — most of what an idle stream cost. Here they exist only during an
 //! exchange, and a stream needs neither once its head is written.
 //!
 //! What a client can hold is bounded ([`Limits`]): a connection waiting for a request is closed
-//! after the idle timeout, a head trickled in after the head timeout (slowloris), and connections
-//! past the cap are answered 503 at once. (HTTP/2 connections, which only hyper serves, have no
-//! idle limit, but count against the cap.)
+//! after the idle timeout, a head trickled in after the head timeout (slowloris), a response
+//! (a stream's included) that makes no progress into the socket after the write-stall timeout,
+//! a peer that vanished by TCP keepalive, and connections past the cap are answered 503 at once.
 
 use std::io;
 use std::sync::Arc;
@@ -28,12 +30,13 @@ use axum::body::{Body, HttpBody};
 use axum::http::{Request, header, response};
 use bytes::Bytes;
 use futures::StreamExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -51,6 +54,11 @@ pub struct Limits {
     pub idle: Duration,
     /// From a request head's first byte to its last: a client trickling one in stops here.
     pub head: Duration,
+    /// How long a response may make no progress into the socket: a client that stopped reading
+    /// gives its connection up here, whoever writes to it.
+    pub write_stall: Duration,
+    /// TCP keepalive idle time: a peer that vanished without a FIN is found about twice this later.
+    pub keepalive: Duration,
     /// Open connections, streams included; one past it is answered 503 and closed at once.
     pub connections: usize,
 }
@@ -107,6 +115,7 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, li
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
+                crate::adapters::keep_alive(&socket, limits.keepalive);
                 let served = connection(socket, permit, router.clone(), stop.clone(), limits);
                 connections.spawn(tracing::Instrument::in_current_span(served));
             }
@@ -161,10 +170,16 @@ async fn connection(
         match next {
             Next::Stream(request) => {
                 drop(unread);
-                return serve_stream(socket, *request, router, stop).await;
+                return serve_stream(socket, *request, router, stop, limits.write_stall).await;
             }
             Next::Exchange(length) => {
-                let exchange = Box::pin(exchange(&mut socket, &mut unread, length, &router));
+                let exchange = Box::pin(exchange(
+                    &mut socket,
+                    &mut unread,
+                    length,
+                    &router,
+                    limits.write_stall,
+                ));
                 let served = tokio::select! {
                     served = exchange => served,
                     () = stopped_for(&stop, FINISH_GRACE) => false,
@@ -191,6 +206,7 @@ async fn exchange(
     unread: &mut Vec<u8>,
     length: usize,
     router: &Router,
+    write_stall: Duration,
 ) -> bool {
     let rest = unread.split_off(length.min(unread.len()));
     let request = std::mem::replace(unread, rest);
@@ -198,7 +214,11 @@ async fn exchange(
     let (mut read, mut write) = socket.split();
     // After the request, end of input: hyper answers, finds the connection idle and done.
     let input = io::Cursor::new(request).chain((&mut read).take(from_socket));
-    let io = TokioIo::new(tokio::io::join(input, &mut write));
+    // A response's body may be a stream (a client that asked for one without saying it accepts
+    // `text/event-stream`): only the write-stall timeout ends it if its reader stops.
+    let mut output = TimeoutWriter::new(&mut write);
+    output.set_timeout(Some(write_stall));
+    let io = TokioIo::new(tokio::io::join(input, Box::pin(output)));
     let served = hyper::server::conn::http1::Builder::new()
         // The end of input comes while the response may still be on its way.
         .half_close(true)
@@ -217,7 +237,7 @@ async fn exchange(
     request.position() == request.get_ref().len() as u64 && body.limit() == 0
 }
 
-/// Gives the rest of the connection to hyper (HTTP/1.1 or HTTP/2), bytes already read first.
+/// Gives the rest of the connection to hyper (HTTP/1), bytes already read first.
 async fn hand_over(
     socket: TcpStream,
     unread: Vec<u8>,
@@ -226,15 +246,18 @@ async fn hand_over(
     limits: Limits,
 ) {
     let (read, write) = socket.into_split();
-    let io = TokioIo::new(tokio::io::join(io::Cursor::new(unread).chain(read), write));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut write = TimeoutWriter::new(write);
+    write.set_timeout(Some(limits.write_stall));
+    let io = TokioIo::new(tokio::io::join(
+        io::Cursor::new(unread).chain(read),
+        Box::pin(write),
+    ));
     // hyper's one timer runs from when it starts waiting for a request until its head is in, so
     // it stands for both of ours; the idle timeout bounds the two together.
-    builder
-        .http1()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+        .header_read_timeout(limits.idle)
+        .serve_connection(io, TowerToHyperService::new(router));
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
@@ -257,6 +280,7 @@ async fn serve_stream(
     request: Request<Body>,
     router: Router,
     stop: CancellationToken,
+    write_stall: Duration,
 ) {
     // Boxed: the router's future is large and only needed until the response exists.
     let response = match Box::pin(router.oneshot(request)).await {
@@ -279,7 +303,11 @@ async fn serve_stream(
     loop {
         if let Some(bytes) = next.take() {
             tokio::select! {
-                written = socket.write_all(&bytes) => if written.is_err() { return },
+                // The stall timer exists only while a write is under way: an idle stream's task
+                // carries none.
+                written = tokio::time::timeout(write_stall, socket.write_all(&bytes)) => {
+                    if !matches!(written, Ok(Ok(()))) { return }
+                }
                 () = abandoned.as_mut() => return,
             }
         }
@@ -335,12 +363,14 @@ mod tests {
 
     use super::*;
 
-    /// Serves a one-route router on a free loopback port.
+    /// Serves "/" ("hi") and "/big" (a megabyte) on a free loopback port.
     async fn listening(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let router = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let router = Router::new()
+            .route("/", axum::routing::get(|| async { "hi" }))
+            .route("/big", axum::routing::get(|| async { vec![b'x'; 1 << 20] }));
         tokio::spawn(serve(tcp, router, stop.clone(), limits));
         (addr, stop)
     }
@@ -349,6 +379,8 @@ mod tests {
         Limits {
             idle,
             head,
+            write_stall: Duration::from_secs(60),
+            keepalive: Duration::from_secs(60),
             connections: 64,
         }
     }
@@ -393,6 +425,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_reading_its_answers_loses_the_connection_after_the_write_stall() {
+        let minute = Duration::from_secs(60);
+        let stall = Duration::from_millis(300);
+        let (addr, _stop) = listening(Limits {
+            write_stall: stall,
+            ..timeouts(minute, minute)
+        })
+        .await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        // 200 MB of answers asked for at once, far past what socket buffers hold.
+        let asked = 200;
+        socket
+            .write_all(&b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n".repeat(asked))
+            .await
+            .unwrap();
+        // The fault: not reading, for longer than the server waits on a full socket.
+        tokio::time::sleep(stall * 4).await;
+        let got = until_closed(&mut socket).await;
+        assert!(
+            got.len() < asked << 20,
+            "every answer was written: the server waited for the reader"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_refused_not_held() {
+        let minute = Duration::from_secs(60);
+        let (addr, _stop) = listening(timeouts(minute, minute)).await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        // The HTTP/2 connection preface, and then nothing, as a client waiting for settings.
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut socket).await;
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    #[tokio::test]
     async fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
         let idle = Duration::from_millis(300);
         let mut socket = connect_with_idle_timeout(idle).await;
@@ -428,6 +503,8 @@ mod tests {
         let (addr, _stop) = listening(Limits {
             idle: minute,
             head: minute,
+            write_stall: minute,
+            keepalive: minute,
             connections: 2,
         })
         .await;

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use super::Slots;
-use crate::core::Chat;
+use crate::core::ports::StoreError;
+use crate::core::{Chat, Error};
 use crate::telemetry::metric;
 
 /// The largest request body accepted (a 2,000-character message in JSON is far below it).
@@ -61,6 +61,9 @@ pub struct AppState {
 pub struct Front {
     pub idle_timeout: Duration,
     pub head_timeout: Duration,
+    pub write_timeout: Duration,
+    /// TCP keepalive idle time for client sockets.
+    pub keepalive: Duration,
     pub max_connections: usize,
 }
 
@@ -79,10 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::get_ready))
         .route("/metrics", get(health::get_metrics))
         .route("/", get(web::get_index))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ));
+        .layer(middleware::from_fn(time_limit));
     // Streams live as long as the client wants: no request timeout for them.
     let streams = Router::new()
         .route("/api/messages/{room}", get(sse::get_room_stream))
@@ -92,6 +92,25 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(record_duration))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Bounds a request that is not a stream: past [`REQUEST_TIMEOUT`] it is answered in the
+/// envelope like any failure — 504 for a request that may have sent a message (the outcome is
+/// unknown; a retry with the same client message id settles it), 503 for any other.
+async fn time_limit(request: Request, next: Next) -> Response {
+    let may_send = matches!(request.uri().path(), "/api/message" | "/api/command");
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let why = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs());
+            let error = if may_send {
+                Error::Unconfirmed(StoreError::Ambiguous(why))
+            } else {
+                Error::Store(StoreError::Unavailable(why))
+            };
+            error::ApiError::from(error).into_response()
+        }
+    }
 }
 
 /// `chat_http_request_duration_seconds{route,status}`; the route is the pattern, never the raw
@@ -116,6 +135,8 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     let limits = listener::Limits {
         idle: front.idle_timeout,
         head: front.head_timeout,
+        write_stall: front.write_timeout,
+        keepalive: front.keepalive,
         connections: front.max_connections + SPARE_CONNECTIONS,
     };
     listener::serve(listener, router(state), stop, limits).await;

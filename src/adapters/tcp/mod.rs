@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota};
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::Slots;
+use super::{Slots, keep_alive};
 use crate::config::Config;
 use crate::core::{Chat, Error};
 use crate::telemetry::metric;
@@ -29,9 +28,6 @@ pub struct Settings {
     pub max_line_bytes: usize,
     pub nick_timeout: Duration,
 }
-
-/// Probes per keepalive period; the connection is dropped after this many go unanswered.
-const KEEPALIVE_PROBES: u32 = 3;
 
 pub struct TcpServer {
     listener: TcpListener,
@@ -102,22 +98,4 @@ impl TcpServer {
 fn refuse(stream: &TcpStream, reason: &'static str, error: &Error) {
     metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
     let _ = stream.try_write(format!("Error: {error}\n").as_bytes());
-}
-
-/// Probes an idle connection after `idle`, then every third of it; after [`KEEPALIVE_PROBES`]
-/// unanswered probes — or data unacknowledged as long — the kernel fails the socket, the read
-/// ends, and the session closes: about `2 × idle` after the peer vanished.
-fn keep_alive(stream: &TcpStream, idle: Duration) {
-    let interval = (idle / KEEPALIVE_PROBES).max(Duration::from_secs(1));
-    let probes = TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval(interval)
-        .with_retries(KEEPALIVE_PROBES);
-    let socket = SockRef::from(stream);
-    if let Err(error) = socket
-        .set_tcp_keepalive(&probes)
-        .and_then(|()| socket.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES)))
-    {
-        tracing::debug!(%error, "could not set TCP keepalive");
-    }
 }
