@@ -30,6 +30,9 @@ pub mod metric {
     pub const DB_QUERY_DURATION: &str = "chat_db_query_duration_seconds";
     pub const DB_POOL_CONNECTIONS: &str = "chat_db_pool_connections";
     pub const GAP_REPAIRS: &str = "chat_gap_repairs_total";
+    /// Per room, for the pod's busiest rooms only (rendered with `/metrics`, not recorded).
+    pub const ROOM_MEMBERS: &str = "chat_room_members";
+    pub const ROOM_MESSAGES: &str = "chat_room_messages_total";
 }
 
 /// Installs the tracing subscriber. Every line carries the instance id through the root span

@@ -125,6 +125,16 @@ async fn every_spec_metric_is_exported_described_and_moves_with_traffic() {
     );
     // Every series says which replica it comes from.
     assert!(metrics.contains(r#"chat_circuit_breaker_state{instance_id=""#));
+    // Per room, for the pod's busiest rooms: its members on this pod (nc, the room stream,
+    // late) and the messages ever sent to it.
+    assert_eq!(
+        total(&metrics, "chat_room_members", r#"room="metrics""#),
+        3.0
+    );
+    assert_eq!(
+        total(&metrics, "chat_room_messages_total", r#"room="metrics""#),
+        2.0
+    );
 
     // Drops are counted by reason: a rate-limit refusal, here.
     let app2 = spawn_app_with(|c| c.rate_limit_burst = NonZeroU32::new(1).unwrap()).await;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::core::Chat;
+use crate::core::feed::RoomActivity;
+use crate::telemetry::metric;
 
 /// How long a check waits for a dependency before calling it down.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -113,8 +115,13 @@ pub async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn get_metrics() -> impl IntoResponse {
-    let body = crate::telemetry::metrics_handle().render();
+pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut body = crate::telemetry::metrics_handle().render();
+    render_rooms(
+        &mut body,
+        &state.instance,
+        &state.chat.busiest_rooms(TOP_ROOMS),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -122,4 +129,41 @@ pub async fn get_metrics() -> impl IntoResponse {
         )],
         body,
     )
+}
+
+/// Rooms named in `/metrics`: each pod's busiest, so the label set stays bounded however many
+/// rooms exist. A room that drops out of them goes stale in Prometheus, as a series should.
+const TOP_ROOMS: usize = 20;
+
+/// Appends the per-room series in the Prometheus text format. They are rendered from the feeds
+/// at each scrape rather than recorded, so a room this pod no longer carries leaves no series.
+/// (Room names are `[A-Za-z0-9_-]`: nothing to escape.)
+fn render_rooms(body: &mut String, instance: &str, rooms: &[RoomActivity]) {
+    use std::fmt::Write;
+    type Value = fn(&RoomActivity) -> i64;
+    let series: [(&str, &str, &str, Value); 2] = [
+        (
+            metric::ROOM_MEMBERS,
+            "gauge",
+            "Members connected to this pod, in the pod's busiest rooms",
+            |room| room.members as i64,
+        ),
+        (
+            metric::ROOM_MESSAGES,
+            "counter",
+            "Messages ever sent to the room (its last seq), in the pod's busiest rooms",
+            |room| room.last_seq,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for room in rooms {
+            let _ = writeln!(
+                body,
+                "{name}{{instance_id=\"{instance}\",room=\"{}\"}} {}",
+                room.room.as_str(),
+                value(room)
+            );
+        }
+    }
 }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use super::command::{self, Command, HELP, Input};
 use super::commit::{Ack, Committer, Publisher};
 use super::error::Error;
-use super::feed::Feeds;
+use super::feed::{Feeds, RoomActivity};
 use super::model::{Envelope, SessionId, SessionRecord};
 use super::names::sanitize;
 use super::ports::{Bus, Claim, Holder, Inbound, Presence, Sessions, Store};
@@ -123,6 +123,11 @@ impl Chat {
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The `n` rooms with the most members on this pod, for operators ([`Feeds::busiest`]).
+    pub fn busiest_rooms(&self, n: usize) -> Vec<RoomActivity> {
+        self.feeds.busiest(n)
     }
 
     /// Whether the store and the bus both answer.

@@ -47,6 +47,17 @@ pub struct Feeds {
     inner: Arc<Inner>,
 }
 
+/// What a room this pod carries is doing, for operators.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomActivity {
+    pub room: RoomName,
+    /// Its members connected to this pod.
+    pub members: usize,
+    /// The last seq this pod delivered in it: messages ever sent to the room, so its rate is the
+    /// room's messages per second.
+    pub last_seq: i64,
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     history_size: usize,
@@ -236,6 +247,34 @@ impl Feeds {
             .store
             .messages_before(room.id, Some(up_to + 1), wanted)
             .await
+    }
+
+    /// The `n` rooms with the most members on this pod, most first (ties by name): per-room
+    /// activity with a bounded set of rooms, however many exist.
+    pub fn busiest(&self, n: usize) -> Vec<RoomActivity> {
+        // The feeds are read after the rooms' lock is let go (lock order: rooms, then a feed).
+        let cells: Vec<(RoomName, Arc<Cell>)> = lock(&self.inner.rooms)
+            .iter()
+            .map(|(room, cell)| (room.clone(), cell.clone()))
+            .collect();
+        let mut rooms: Vec<RoomActivity> = cells
+            .into_iter()
+            .map(|(room, cell)| {
+                let feed = cell.feed();
+                RoomActivity {
+                    room,
+                    members: feed.member_count(),
+                    last_seq: feed.delivered().unwrap_or(0),
+                }
+            })
+            .collect();
+        rooms.sort_by(|a, b| {
+            b.members
+                .cmp(&a.members)
+                .then_with(|| a.room.as_str().cmp(b.room.as_str()))
+        });
+        rooms.truncate(n);
+        rooms
     }
 
     /// Stops feeding receiver `id` from `room`; the feed goes when its last receiver does.

@@ -73,6 +73,10 @@ impl RoomFeed {
         self.delivered
     }
 
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
