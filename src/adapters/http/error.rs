@@ -23,6 +23,9 @@ pub enum ApiError {
     Body { status: StatusCode, message: String },
     #[error("{0}")]
     BadRequest(String),
+    /// A command ran past the request's time limit: what it did, if anything, is unknown.
+    #[error("No answer within {0} s; the command may have taken effect")]
+    CommandTimedOut(u64),
 }
 
 impl ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
         match self {
             ApiError::Body { status, .. } => *status,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::CommandTimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Core(e) => match e {
                 Error::UnknownSession => StatusCode::UNAUTHORIZED,
                 Error::NoSuchRoom(_) | Error::UnknownUser(_) => StatusCode::NOT_FOUND,

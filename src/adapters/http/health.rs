@@ -155,6 +155,11 @@ fn render_rooms(body: &mut String, instance: &str, rooms: &[RoomActivity]) {
             |room| room.last_seq,
         ),
     ];
+    // The exporter escapes its own copy of this label; INSTANCE_ID is free-form.
+    let instance = instance
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
     for (name, kind, help, value) in series {
         let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for room in rooms {
@@ -165,5 +170,32 @@ fn render_rooms(body: &mut String, instance: &str, rooms: &[RoomActivity]) {
                 value(room)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::names::RoomName;
+
+    #[test]
+    fn busiest_rooms_are_rendered_in_the_text_format_with_the_instance_escaped() {
+        let mut body = String::new();
+        let lobby = RoomActivity {
+            room: RoomName::parse("lobby").unwrap(),
+            members: 3,
+            last_seq: 42,
+        };
+        render_rooms(&mut body, "pod\"1", &[lobby]);
+        let series: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            series,
+            [
+                r#"chat_room_members{instance_id="pod\"1",room="lobby"} 3"#,
+                r#"chat_room_messages_total{instance_id="pod\"1",room="lobby"} 42"#,
+            ]
+        );
+        assert!(body.contains("# TYPE chat_room_members gauge\n"));
+        assert!(body.contains("# TYPE chat_room_messages_total counter\n"));
     }
 }

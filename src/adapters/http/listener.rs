@@ -301,14 +301,20 @@ async fn serve_stream(
     let mut body = body.into_data_stream();
     let mut next = Some(Bytes::from(head));
     loop {
-        if let Some(bytes) = next.take() {
-            tokio::select! {
-                // The stall timer exists only while a write is under way: an idle stream's task
-                // carries none.
-                written = tokio::time::timeout(write_stall, socket.write_all(&bytes)) => {
-                    if !matches!(written, Ok(Ok(()))) { return }
+        if let Some(mut bytes) = next.take() {
+            while !bytes.is_empty() {
+                tokio::select! {
+                    // A stall, not a slow reader: the timer starts again with each write that
+                    // makes progress, and exists only while one is under way (an idle stream's
+                    // task carries none).
+                    written = tokio::time::timeout(write_stall, socket.write(&bytes)) => {
+                        match written {
+                            Ok(Ok(n)) if n > 0 => bytes = bytes.slice(n..),
+                            _ => return,
+                        }
+                    }
+                    () = abandoned.as_mut() => return,
                 }
-                () = abandoned.as_mut() => return,
             }
         }
         let chunk = tokio::select! {
@@ -363,14 +369,18 @@ mod tests {
 
     use super::*;
 
-    /// Serves "/" ("hi") and "/big" (a megabyte) on a free loopback port.
+    /// Serves "/" ("hi"), "/big" (a megabyte) and "/huge" (16) on a free loopback port.
     async fn listening(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let stop = CancellationToken::new();
         let router = Router::new()
             .route("/", axum::routing::get(|| async { "hi" }))
-            .route("/big", axum::routing::get(|| async { vec![b'x'; 1 << 20] }));
+            .route("/big", axum::routing::get(|| async { vec![b'x'; 1 << 20] }))
+            .route(
+                "/huge",
+                axum::routing::get(|| async { vec![b'x'; 16 << 20] }),
+            );
         tokio::spawn(serve(tcp, router, stop.clone(), limits));
         (addr, stop)
     }
@@ -447,6 +457,34 @@ mod tests {
             got.len() < asked << 20,
             "every answer was written: the server waited for the reader"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_slowly_but_steadily_is_not_cut_off() {
+        let minute = Duration::from_secs(60);
+        let stall = Duration::from_millis(300);
+        let (addr, _stop) = listening(Limits {
+            write_stall: stall,
+            ..timeouts(minute, minute)
+        })
+        .await;
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        // Written by the listener itself (a stream), as one 16 MB chunk.
+        socket
+            .write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .await
+            .unwrap();
+        // 256 KB every 20 ms: the whole takes several stall timeouts, each read well inside one.
+        let mut got = 0;
+        let mut buffer = vec![0; 256 << 10];
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match socket.read(&mut buffer).await.unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        assert!(got > 16 << 20, "cut off after {got} bytes");
     }
 
     #[tokio::test]

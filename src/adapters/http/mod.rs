@@ -95,22 +95,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Bounds a request that is not a stream: past [`REQUEST_TIMEOUT`] it is answered in the
-/// envelope like any failure — 504 for a request that may have sent a message (the outcome is
-/// unknown; a retry with the same client message id settles it), 503 for any other.
+/// envelope like any failure — 504 where it may have done something (a message may be stored:
+/// a retry with its client message id settles it; a command may have taken effect), 503 for any
+/// other.
 async fn time_limit(request: Request, next: Next) -> Response {
-    let may_send = matches!(request.uri().path(), "/api/message" | "/api/command");
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let why = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs());
-            let error = if may_send {
-                Error::Unconfirmed(StoreError::Ambiguous(why))
-            } else {
-                Error::Store(StoreError::Unavailable(why))
-            };
-            error::ApiError::from(error).into_response()
-        }
-    }
+    let path = request.uri().path().to_owned();
+    let Ok(response) = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await else {
+        let secs = REQUEST_TIMEOUT.as_secs();
+        let why = format!("no answer within {secs} s");
+        let error = match path.as_str() {
+            "/api/message" => Error::Unconfirmed(StoreError::Ambiguous(why)).into(),
+            "/api/command" => error::ApiError::CommandTimedOut(secs),
+            _ => Error::Store(StoreError::Unavailable(why)).into(),
+        };
+        return error.into_response();
+    };
+    response
 }
 
 /// `chat_http_request_duration_seconds{route,status}`; the route is the pattern, never the raw

@@ -259,13 +259,15 @@ impl Feeds {
             .collect();
         let mut rooms: Vec<RoomActivity> = cells
             .into_iter()
-            .map(|(room, cell)| {
+            // A feed still loading has no place in its room's order yet: left out, rather than
+            // shown at seq 0 (a counter that went back would read as a burst of messages).
+            .filter_map(|(room, cell)| {
                 let feed = cell.feed();
-                RoomActivity {
+                Some(RoomActivity {
                     room,
                     members: feed.member_count(),
-                    last_seq: feed.delivered().unwrap_or(0),
-                }
+                    last_seq: feed.delivered()?,
+                })
             })
             .collect();
         rooms.sort_by(|a, b| {
