@@ -969,23 +969,29 @@ async fn web_churn(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
             round += 1;
             let nick = format!("{}n{round}", spec.nick);
             let room = ctx.rooms[round as usize % ctx.rooms.len()].clone();
-            let rename = json!({ "command": format!("/nick {nick}") });
-            let (renamed, joined) = tokio::join!(
-                post(ctx, replica, "/api/command", Some(&web.session), rename),
-                join(ctx, spec, replica + 1, &web, &room),
-            );
+            let command = json!({ "command": format!("/nick {nick}") });
+            // The rename is recorded as soon as its answer comes, not once the join's does too:
+            // the server gives the old name up when it answers, and a probe may take it then.
+            let rename = async {
+                let answer = post(ctx, replica, "/api/command", Some(&web.session), command).await;
+                let took = matches!(
+                    &answer,
+                    Ok((200, Envelope { data: Some(data), .. }))
+                        if data["message"] == format!("You are now known as {nick}")
+                );
+                if took {
+                    ctx.logout(spec.id, &web.nick, "renamed");
+                    ctx.login(spec.id, &nick, true);
+                }
+                (answer, took)
+            };
+            let ((answer, took), joined) =
+                tokio::join!(rename, join(ctx, spec, replica + 1, &web, &room));
             // Whatever became of the other, a rename that was answered took effect; one that
             // was not answered may have: the client cannot tell its name, and starts over.
-            let renamed = match renamed {
-                Ok((
-                    200,
-                    Envelope {
-                        data: Some(data), ..
-                    },
-                )) if data["message"] == format!("You are now known as {nick}") => {
-                    ctx.logout(spec.id, &web.nick, "renamed");
+            let renamed = match answer {
+                _ if took => {
                     web.nick = nick;
-                    ctx.login(spec.id, &web.nick, true);
                     true
                 }
                 Ok((401, _)) | Err(_) => break,
@@ -1014,13 +1020,13 @@ async fn web_churn(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
 /// Samples `/list` on every replica twice a second and, every 1.5 s, tries to take the nickname
 /// of a client that has held it for a while.
 pub async fn observe(ctx: Arc<Ctx>) {
-    let mut sessions: Vec<Option<String>> = vec![None; ctx.addrs.len()];
+    let mut observers: Vec<Observer> = vec![Observer::default(); ctx.addrs.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut round = 0u64;
     while ctx.stop.run_until_cancelled(tick.tick()).await.is_some() {
         round += 1;
-        for (replica, session) in sessions.iter_mut().enumerate() {
-            sample_presence(&ctx, replica, session).await;
+        for (replica, observer) in observers.iter_mut().enumerate() {
+            sample_presence(&ctx, replica, observer).await;
         }
         if round.is_multiple_of(3) {
             probe(&ctx).await;
@@ -1058,9 +1064,23 @@ pub async fn pulse(ctx: Arc<Ctx>, spec: Spec, room: String) {
     }
 }
 
-async fn sample_presence(ctx: &Ctx, replica: usize, session: &mut Option<String>) {
+/// The observer's session on `replica`, opened anew (under a fresh name) whenever it is lost.
+#[derive(Default, Clone)]
+struct Observer {
+    session: Option<String>,
+    opened: u32,
+}
+
+async fn sample_presence(ctx: &Ctx, replica: usize, observer: &mut Observer) {
+    let session = &mut observer.session;
     if session.is_none() {
-        let nick = format!("obs{replica}");
+        // A fresh name each time: a connect whose answer was lost (a timeout while Valkey was
+        // paused) may still have opened a session that holds the last name for its idle time.
+        let nick = match observer.opened {
+            0 => format!("obs{replica}"),
+            n => format!("obs{replica}x{n}"),
+        };
+        observer.opened += 1;
         if let Ok((
             200,
             Envelope {
