@@ -478,6 +478,15 @@ fn on_tcp_line(
     }
     if let Some(error) = text.strip_prefix("Error: ") {
         match pending.take() {
+            // "Could not confirm…": the outcome is unknown (SPEC §4), not a failure.
+            Some(Pending::Send { op, .. }) | Some(Pending::Dm { op })
+                if error.starts_with(UNCONFIRMED) =>
+            {
+                ctx.history.push(Event::Unknown {
+                    op,
+                    why: error.into(),
+                });
+            }
             Some(Pending::Send { op, .. }) | Some(Pending::Dm { op }) => {
                 ctx.history.push(Event::Fail {
                     op,
@@ -893,12 +902,17 @@ async fn http_sender(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one message, retrying an unanswered attempt on the next replica with the same client
-/// message id. False when the session is gone.
+/// What the server says when a message may or may not have been stored.
+const UNCONFIRMED: &str = "Could not confirm that the message was stored";
+
+/// Sends one message, retrying an unanswered or unconfirmed (504) attempt on the next replica
+/// with the same client message id, as SPEC §4 tells clients to. False when the session is gone.
 async fn send_http(ctx: &Ctx, spec: &Spec, replica: &mut usize, web: &Web, room: &str) -> bool {
     let op = ctx.history.next_op();
     let content = format!("m{op}");
     let body = json!({ "content": content, "clientMessageId": format!("c{op}") });
+    // Set once an attempt may have stored the message: a later error does not undo that.
+    let mut uncertain = false;
     for _attempt in 0..3 {
         ctx.history.push(Event::Send {
             op,
@@ -932,12 +946,30 @@ async fn send_http(ctx: &Ctx, spec: &Spec, replica: &mut usize, web: &Web, room:
                 });
                 return true;
             }
+            Ok((504, envelope)) => {
+                uncertain = true;
+                ctx.history.push(Event::Note {
+                    text: format!(
+                        "client {} op {op}: unconfirmed by replica-{}: {}",
+                        spec.id,
+                        *replica % ctx.addrs.len(),
+                        envelope.error.unwrap_or_default()
+                    ),
+                });
+                *replica += 1;
+            }
             Ok((status, envelope)) => {
                 let error = format!("{status} {}", envelope.error.unwrap_or_default());
-                ctx.history.push(Event::Fail { op, error });
+                if uncertain {
+                    let why = format!("{error}, after an attempt whose outcome is unknown");
+                    ctx.history.push(Event::Unknown { op, why });
+                } else {
+                    ctx.history.push(Event::Fail { op, error });
+                }
                 return status != 401;
             }
             Err(e) => {
+                uncertain = true;
                 if ctx.stop.is_cancelled() {
                     break;
                 }
@@ -954,7 +986,7 @@ async fn send_http(ctx: &Ctx, spec: &Spec, replica: &mut usize, web: &Web, room:
     }
     ctx.history.push(Event::Unknown {
         op,
-        why: "no attempt was answered".into(),
+        why: "no attempt was answered, or confirmed".into(),
     });
     true
 }
