@@ -30,7 +30,16 @@ use crate::core::ports::{RoomTail, Store, StoreError};
 use crate::telemetry::metric;
 
 /// The schema, embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations, run without sqlx's own lock (see [`PgStore::migrate`]).
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    migrator
+});
+/// The advisory lock held while migrating (any fixed number; this one spells "babydisc").
+const MIGRATION_LOCK: i64 = 0x6261_6279_6469_7363;
+/// How often a replica waiting to migrate tries the lock again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(200);
 
 /// How long one statement may run, on the server (`statement_timeout`) and here.
 #[derive(Debug, Clone, Copy)]
@@ -386,13 +395,38 @@ impl PgStore {
         }
     }
 
-    /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so replicas
-    /// starting together apply each migration once.
+    /// Applies pending migrations under a PostgreSQL advisory lock, so that replicas starting
+    /// together apply each migration once.
+    ///
+    /// The lock is taken by polling `pg_try_advisory_lock`, not by sqlx's blocking
+    /// `pg_advisory_lock`: a replica blocked in that call is a transaction in progress, which
+    /// `CREATE INDEX CONCURRENTLY` (migration 0003) waits for while holding the lock it waits on
+    /// — a deadlock PostgreSQL breaks by failing the waiters' start-up. Between attempts a waiter
+    /// runs no statement at all.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migrating: {e}")))
+        let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("migrating: {e}"));
+        let mut conn = self.pool.acquire().await.map_err(|e| failed(&e))?;
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| failed(&e))?;
+            if locked {
+                break;
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+        let migrated = MIGRATOR.run(&mut *conn).await.map_err(|e| failed(&e));
+        // Released with the session too, should this fail (the connection is then closed).
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            conn.close_on_drop();
+        }
+        migrated
     }
 
     /// Opens the appending connection and prepares its statement, so that the first messages

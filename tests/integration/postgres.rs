@@ -423,3 +423,23 @@ async fn a_stopped_database_gives_clear_errors_and_service_resumes_when_it_is_ba
         "a refused message is not stored"
     );
 }
+
+#[tokio::test]
+async fn replicas_starting_together_on_a_fresh_database_all_come_up() {
+    // As a Deployment's pods do on a new cluster: each one migrates at start-up, so they meet
+    // in the migrations, including one that builds an index CONCURRENTLY.
+    let pg = Postgres::start();
+    let url = pg.create_database().await;
+    let starting = (0..3).map(|i| {
+        let url = url.clone();
+        async move {
+            let instance = format!("replica-{i}");
+            start_server_http(&[("DATABASE_URL", &url), ("INSTANCE_ID", &instance)]).await
+        }
+    });
+    let replicas = futures::future::join_all(starting).await;
+    for (_, tcp, _) in &replicas {
+        let mut client = Client::login(*tcp, "early").await;
+        client.send("/quit").await;
+    }
+}
