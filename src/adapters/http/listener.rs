@@ -427,6 +427,17 @@ mod tests {
         TcpStream::connect(addr).await.unwrap()
     }
 
+    /// A connection to a listener that gives up on a write making no progress for `stall`.
+    async fn connect_with_write_stall(stall: Duration) -> TcpStream {
+        let minute = Duration::from_secs(60);
+        let (addr, _stop) = listening(Limits {
+            write_stall: stall,
+            ..timeouts(minute, minute)
+        })
+        .await;
+        TcpStream::connect(addr).await.unwrap()
+    }
+
     /// Asserts that the server closes `socket` with nothing more said, `idle` from now or later.
     async fn closed_after(socket: &mut TcpStream, idle: Duration) {
         let from = Instant::now();
@@ -436,14 +447,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_stops_reading_its_answers_loses_the_connection_after_the_write_stall() {
-        let minute = Duration::from_secs(60);
         let stall = Duration::from_millis(300);
-        let (addr, _stop) = listening(Limits {
-            write_stall: stall,
-            ..timeouts(minute, minute)
-        })
-        .await;
-        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let mut socket = connect_with_write_stall(stall).await;
         // 200 MB of answers asked for at once, far past what socket buffers hold.
         let asked = 200;
         socket
@@ -461,14 +466,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_read_slowly_but_steadily_is_not_cut_off() {
-        let minute = Duration::from_secs(60);
         let stall = Duration::from_millis(300);
-        let (addr, _stop) = listening(Limits {
-            write_stall: stall,
-            ..timeouts(minute, minute)
-        })
-        .await;
-        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let mut socket = connect_with_write_stall(stall).await;
         // Written by the listener itself (a stream), as one 16 MB chunk.
         socket
             .write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
