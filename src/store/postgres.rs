@@ -133,14 +133,23 @@ const RESOLVE_FOR: Duration = Duration::from_secs(15);
 /// cycle), each room's counter is bumped by its message count, and the messages of each room are
 /// numbered in batch order from the old counter and inserted. The rows that existed are read in
 /// the same snapshot, so the answer is complete or the statement failed.
+///
+/// The statement is prepared once per connection and PostgreSQL soon caches a generic plan for
+/// it, costed with the statistics of that moment. Looked up as a join, the stored keys were read
+/// by a sequential scan whenever the plan was made on a small table (a fresh database, one not
+/// analysed yet) — and that plan stayed while the table grew, each append scanning all of it.
+/// The lateral subquery (`OFFSET 0` keeps it from being flattened into a join) is one probe of
+/// the unique key index per message, whatever the statistics said.
 const APPEND: &str = "WITH input AS (
          SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                               $6::timestamptz[])
                   WITH ORDINALITY AS t (key, room_id, user_id, nickname, content, created_at, ord)
      ),
      existing AS (
-         SELECT m.key, m.id, m.room_id, m.seq, m.nickname, m.content, m.created_at
-         FROM messages m WHERE m.key IN (SELECT key FROM input)
+         SELECT m.* FROM input i CROSS JOIN LATERAL (
+             SELECT m.key, m.id, m.room_id, m.seq, m.nickname, m.content, m.created_at
+             FROM messages m WHERE m.key = i.key OFFSET 0
+         ) m
      ),
      fresh AS (
          SELECT i.* FROM input i WHERE i.key NOT IN (SELECT key FROM existing)
@@ -274,6 +283,11 @@ impl PgStore {
         conn.close_on_drop();
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *conn)
+            .await?;
+        // Planning the statement costs more than running it on a small batch; its plan does
+        // not depend on the statistics (see APPEND), so the connection plans it once.
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
             .await?;
         (&mut *conn).prepare(APPEND.into_sql_str()).await?;
         Ok((conn, pid))

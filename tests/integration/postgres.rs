@@ -443,3 +443,76 @@ async fn replicas_starting_together_on_a_fresh_database_all_come_up() {
         client.send("/quit").await;
     }
 }
+
+/// The append is prepared once per connection and runs on a cached generic plan, made from the
+/// statistics of the moment — on a fresh database, those of an empty table. Whatever they said,
+/// an append finds stored keys through the key index: a plan that scanned `messages` would cost
+/// every append the whole table (it did, until the lookup was written as a per-key probe).
+#[tokio::test]
+async fn appends_never_scan_the_messages_table_however_it_grew() {
+    use baby_discord::core::model::NewMessage;
+    use baby_discord::core::names::Nickname;
+
+    let pg = Postgres::start();
+    let url = pg.create_database().await;
+    // One connection: the migrations (whose index builds count as scans) and the appends run on
+    // the same backend, so its statistics reach the shared view together.
+    let store = PgStore::connect(&url, 1, timeouts()).await.unwrap();
+    store.migrate().await.unwrap();
+    let user = Nickname::parse("alice").unwrap();
+    let user_id = store.upsert_user(&user).await.unwrap();
+    let room = RoomName::parse("big").unwrap();
+    let room_id = store.create_room(&room).await.unwrap().unwrap().id;
+    let batch = |n: usize| -> Vec<NewMessage> {
+        (0..n)
+            .map(|i| NewMessage {
+                key: uuid::Uuid::new_v4(),
+                client_keyed: false,
+                room_id,
+                room: room.clone(),
+                user_id,
+                user: user.clone(),
+                content: format!("m{i}"),
+                created_at: time::OffsetDateTime::now_utc(),
+            })
+            .collect()
+    };
+    let db = pool(&url).await;
+    // Statistics reach the shared view when a backend flushes them (within seconds of going
+    // idle): wait until they show this many inserts, and read the scans counted with them.
+    let scans_once_inserted = |count: usize| {
+        let db = db.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let row = sqlx::query(
+                    "SELECT n_tup_ins, seq_scan FROM pg_stat_user_tables WHERE relname = 'messages'",
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                let (inserted, scans): (i64, i64) = (row.get(0), row.get(1));
+                if inserted >= count as i64 {
+                    return scans;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the inserts never showed in the statistics"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Enough appends on the empty table for PostgreSQL to settle on a generic plan...
+    let mut appended = 0;
+    for _ in 0..10 {
+        appended += store.append_messages(&batch(1)).await.unwrap().len();
+    }
+    let before = scans_once_inserted(appended).await;
+    // ...then a table grown far past what that plan was costed for.
+    for _ in 0..20 {
+        appended += store.append_messages(&batch(500)).await.unwrap().len();
+    }
+    let after = scans_once_inserted(appended).await;
+    assert_eq!(after - before, 0, "appends scanned the messages table");
+}
