@@ -210,22 +210,46 @@ pub struct Position {
 }
 
 /// One item of a receiver's queue, in the order the receiver must show them.
+///
+/// Two words: a receiver's queue allocates its slots 32 at a time, on creation, for every
+/// connection — the rare kinds are boxed so that the common one sets the size.
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Event(Arc<Broadcast>),
     /// The receiver's view moved (a followed session changed rooms): show `room` from after `seen`.
-    Moved(Position),
-    /// The receiver's position no longer exists (or never did) in `room`: what follows starts
-    /// over at seq `next`.
-    Reset {
-        room: RoomName,
-        next: i64,
-    },
+    Moved(Box<Position>),
+    /// The receiver's position no longer exists (or never did) in its room.
+    Reset(Box<StartOver>),
+}
+
+/// What follows in `room` starts over at seq `next`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOver {
+    pub room: RoomName,
+    pub next: i64,
+}
+
+impl Delivery {
+    pub fn moved(position: Position) -> Delivery {
+        Delivery::Moved(Box::new(position))
+    }
+
+    pub fn reset(room: RoomName, next: i64) -> Delivery {
+        Delivery::Reset(Box::new(StartOver { room, next }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_is_two_words() {
+        assert_eq!(
+            std::mem::size_of::<Delivery>(),
+            2 * std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn events_render_the_spec_line_formats() {

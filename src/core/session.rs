@@ -7,7 +7,9 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota};
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Broadcast, Delivery, Event, Position, Room, SessionId, SessionRecord, UserId};
+use super::model::{
+    Broadcast, Delivery, Event, Position, Room, SessionId, SessionRecord, StartOver, UserId,
+};
 use super::names::{Nickname, RoomName};
 use super::outbox::Outbox;
 
@@ -95,7 +97,8 @@ impl View {
                 self.move_to(position.room.clone(), position.seen);
                 Some(Show::Moved(position))
             }
-            Delivery::Reset { room, next } => {
+            Delivery::Reset(start) => {
+                let StartOver { room, next } = &**start;
                 if Some(room) != self.room.as_ref() {
                     return None;
                 }
@@ -223,17 +226,14 @@ mod tests {
         );
         assert!(view.admit(&message("a", 5)).is_some());
         assert!(view.admit(&message("b", 6)).is_none(), "another room");
-        let moved = Delivery::Moved(Position {
+        let moved = Delivery::moved(Position {
             room: Some(RoomName::parse("b").unwrap()),
             seen: 6,
         });
         assert!(matches!(view.admit(&moved), Some(Show::Moved(_))));
         assert!(view.admit(&message("a", 6)).is_none(), "the room it left");
         assert!(view.admit(&message("b", 7)).is_some());
-        let reset = Delivery::Reset {
-            room: RoomName::parse("b").unwrap(),
-            next: 3,
-        };
+        let reset = Delivery::reset(RoomName::parse("b").unwrap(), 3);
         assert!(view.admit(&reset).is_some());
         assert!(
             view.admit(&message("b", 3)).is_some(),

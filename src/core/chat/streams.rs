@@ -205,10 +205,7 @@ impl Chat {
             .first()
             .map_or(tail.last_seq + 1, |m| m.seq)
             .max(tail.first_seq);
-        outbox.push(Delivery::Reset {
-            room: room.name.clone(),
-            next,
-        });
+        outbox.push(Delivery::reset(room.name.clone(), next));
         Ok(next - 1)
     }
 }

@@ -128,10 +128,7 @@ impl Inner {
         if let Some(first) = page.first().map(|m| m.seq)
             && first != after + 1
         {
-            deliveries.push(Delivery::Reset {
-                room: room.name.clone(),
-                next: first,
-            });
+            deliveries.push(Delivery::reset(room.name.clone(), first));
         }
         if let Some(last) = page.last() {
             *cursor = last.seq;
@@ -172,7 +169,7 @@ impl Inner {
                 room: room.as_ref().map(|r| r.name.clone()),
                 seen,
             };
-            if !outbox.push(Delivery::Moved(position)) {
+            if !outbox.push(Delivery::moved(position)) {
                 continue;
             }
             let Some(room) = room.clone() else { continue };

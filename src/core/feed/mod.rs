@@ -497,7 +497,7 @@ mod tests {
             .expect("an open queue");
         match delivery {
             Delivery::Event(event) => event.seq().expect("a message"),
-            Delivery::Reset { .. } => -1,
+            Delivery::Reset(_) => -1,
             Delivery::Moved(_) => 0,
         }
     }

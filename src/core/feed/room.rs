@@ -166,10 +166,7 @@ impl RoomFeed {
         }
         self.delivered = Some(up_to);
         self.ring.clear();
-        let reset = Delivery::Reset {
-            room: self.room.name.clone(),
-            next: up_to + 1,
-        };
+        let reset = Delivery::reset(self.room.name.clone(), up_to + 1);
         self.members.retain(|m| m.push(reset.clone()));
         self.release(now);
     }
@@ -193,10 +190,7 @@ impl RoomFeed {
         self.tail = last_seq;
         self.held.clear();
         self.ring.clear();
-        let reset = Delivery::Reset {
-            room: self.room.name.clone(),
-            next: last_seq + 1,
-        };
+        let reset = Delivery::reset(self.room.name.clone(), last_seq + 1);
         self.members.retain(|m| m.push(reset.clone()));
         self.gap_opened(now);
     }
@@ -333,7 +327,7 @@ mod tests {
         while let Ok(delivery) = inbox.rx.try_recv() {
             match delivery {
                 Delivery::Event(e) => seqs.extend(e.seq()),
-                Delivery::Reset { .. } => seqs.push(-1),
+                Delivery::Reset(_) => seqs.push(-1),
                 Delivery::Moved(_) => {}
             }
         }
