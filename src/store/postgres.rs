@@ -134,12 +134,12 @@ const RESOLVE_FOR: Duration = Duration::from_secs(15);
 /// numbered in batch order from the old counter and inserted. The rows that existed are read in
 /// the same snapshot, so the answer is complete or the statement failed.
 ///
-/// The statement is prepared once per connection and PostgreSQL soon caches a generic plan for
-/// it, costed with the statistics of that moment. Looked up as a join, the stored keys were read
-/// by a sequential scan whenever the plan was made on a small table (a fresh database, one not
-/// analysed yet) — and that plan stayed while the table grew, each append scanning all of it.
-/// The lateral subquery (`OFFSET 0` keeps it from being flattened into a join) is one probe of
-/// the unique key index per message, whatever the statistics said.
+/// The statement is prepared once per connection and runs on one generic plan, costed with the
+/// statistics of that moment. Made on a small table (a fresh database), a plan that read the
+/// stored keys by a sequential scan of `messages` stayed while the table grew, each append
+/// scanning all of it. So the lookup is a lateral subquery (`OFFSET 0` keeps it from being
+/// flattened into a join): one probe of the unique key index per message; and the appending
+/// connection disables sequential scans, which a table analysed while tiny would still invite.
 const APPEND: &str = "WITH input AS (
          SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
                               $6::timestamptz[])
@@ -284,9 +284,10 @@ impl PgStore {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *conn)
             .await?;
-        // Planning the statement costs more than running it on a small batch; its plan does
-        // not depend on the statistics (see APPEND), so the connection plans it once.
-        sqlx::query("SET plan_cache_mode = force_generic_plan")
+        // Planning the statement costs more than running it on a small batch, so the connection
+        // plans it once — and that plan must not scan a table, whatever the statistics said
+        // when it was made (see APPEND): every table it reads has the index it needs.
+        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
             .execute(&mut *conn)
             .await?;
         (&mut *conn).prepare(APPEND.into_sql_str()).await?;
