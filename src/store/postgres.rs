@@ -281,15 +281,16 @@ impl PgStore {
     async fn appending_connection(&self) -> Result<(PoolConnection<Postgres>, i32), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut *conn)
-            .await?;
         // Planning the statement costs more than running it on a small batch, so the connection
         // plans it once — and that plan must not scan a table, whatever the statistics said
         // when it was made (see APPEND): every table it reads has the index it needs.
-        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
-            .execute(&mut *conn)
-            .await?;
+        let (pid, _, _): (i32, String, String) = sqlx::query_as(
+            "SELECT pg_backend_pid(),
+                    set_config('plan_cache_mode', 'force_generic_plan', false),
+                    set_config('enable_seqscan', 'off', false)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         (&mut *conn).prepare(APPEND.into_sql_str()).await?;
         Ok((conn, pid))
     }
