@@ -4,58 +4,134 @@
 //! Live pushes never wait: a receiver whose queue is full is too slow and is told to disconnect
 //! (SPEC §3) instead of holding up its room. A catch-up, which reads the store page by page,
 //! waits for room in the queue instead: that is its backpressure.
+//!
+//! Every connection and stream has one, and most of them are idle most of the time, so an empty
+//! queue allocates nothing: it is a deque behind a lock, grown by a burst and given back after
+//! it. (Tokio's channel allocates a block of 32 slots and three cache-padded halves up front,
+//! about 1 KB per idle connection.) One lock per push or batch taken is no dearer than the
+//! channel's atomics: a receiver takes everything waiting at once.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{Broadcast, Delivery, SessionId};
 use crate::telemetry::metric;
 
+/// A queue emptied with more slots than this gives them back.
+const IDLE_SLOTS: usize = 32;
+
+/// What the two halves share.
+struct Queue {
+    items: Mutex<VecDeque<Delivery>>,
+    capacity: usize,
+    /// Set when the receiver goes: pushes stop, a catch-up waiting for room gives up.
+    receiver_gone: AtomicBool,
+    /// Outboxes alive: when the last goes, the receiver is told the queue has ended.
+    senders: AtomicUsize,
+    /// Woken when deliveries arrive or the last sender goes (one receiver: a stored permit).
+    arrived: Notify,
+    /// Woken when the receiver takes deliveries out or goes away (a catch-up waiting for room).
+    taken: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn room_left(&self) -> usize {
+        self.capacity - self.lock().len()
+    }
+}
+
 /// The sending half of a receiver's queue, with who it is.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Outbox {
     /// This receiver (a TCP session, or one stream).
     pub id: SessionId,
     /// The session it speaks for: room events about that session are not shown to it.
     pub session: SessionId,
-    tx: mpsc::Sender<Delivery>,
+    queue: Arc<Queue>,
     too_slow: CancellationToken,
 }
 
 /// The receiving half, owned by the adapter that writes to the session's socket or stream.
 pub struct Inbox {
-    pub rx: mpsc::Receiver<Delivery>,
+    queue: Arc<Queue>,
     /// Cancelled when the queue overflowed: the adapter must close the connection.
     pub too_slow: CancellationToken,
 }
 
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A queue of at most `capacity` deliveries for receiver `id` of `session`.
 pub fn queue(id: SessionId, session: SessionId, capacity: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let queue = Arc::new(Queue {
+        items: Mutex::default(),
+        capacity: capacity.max(1),
+        receiver_gone: AtomicBool::new(false),
+        senders: AtomicUsize::new(1),
+        arrived: Notify::new(),
+        taken: Notify::new(),
+    });
     let too_slow = CancellationToken::new();
     let outbox = Outbox {
         id,
         session,
-        tx,
+        queue: queue.clone(),
         too_slow: too_slow.clone(),
     };
-    (outbox, Inbox { rx, too_slow })
+    (outbox, Inbox { queue, too_slow })
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.queue.senders.fetch_add(1, Ordering::Relaxed);
+        Outbox {
+            id: self.id,
+            session: self.session,
+            queue: self.queue.clone(),
+            too_slow: self.too_slow.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.queue.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.queue.arrived.notify_one();
+        }
+    }
 }
 
 impl Outbox {
     /// Queues without waiting. False when the receiver is gone or was just found too slow (then it
     /// is marked and counted once): either way it should be dropped from every route.
     pub fn push(&self, delivery: Delivery) -> bool {
-        match self.tx.try_send(delivery) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.mark_too_slow();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.queue.receiver_gone.load(Ordering::Acquire) {
+            return false;
         }
+        {
+            let mut items = self.queue.lock();
+            if items.len() >= self.queue.capacity {
+                drop(items);
+                self.mark_too_slow();
+                return false;
+            }
+            items.push_back(delivery);
+        }
+        self.queue.arrived.notify_one();
+        true
     }
 
     pub fn push_event(&self, event: &Arc<Broadcast>) -> bool {
@@ -65,29 +141,30 @@ impl Outbox {
     /// Whether its queue has room for `n` more deliveries (or is at least half empty, when it
     /// could never hold `n`).
     pub fn can_take(&self, n: usize) -> bool {
-        self.tx.capacity() >= n.min(self.tx.max_capacity() / 2)
+        self.queue.room_left() >= n.min(self.queue.capacity / 2)
     }
 
     /// The most deliveries its queue holds.
     pub fn capacity(&self) -> usize {
-        self.tx.max_capacity()
+        self.queue.capacity
     }
 
     /// Waits (up to `limit`) until the queue has room for `n` deliveries. A receiver that does
     /// not make room in time is too slow: it is marked (and counted) and false is returned; false
     /// too when it is gone.
     pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
-        let n = n.min(self.tx.max_capacity());
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.tx.capacity() < n {
-            if !self.is_open() {
-                return false;
+        let n = n.min(self.queue.capacity);
+        let made_room = async {
+            while self.is_open() && self.queue.room_left() < n {
+                tokio::select! {
+                    _ = self.queue.taken.notified() => {}
+                    _ = self.too_slow.cancelled() => {}
+                }
             }
-            if tokio::time::Instant::now() >= deadline {
-                self.mark_too_slow();
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        if tokio::time::timeout(limit, made_room).await.is_err() {
+            self.mark_too_slow();
+            return false;
         }
         self.is_open()
     }
@@ -101,25 +178,155 @@ impl Outbox {
 
     /// Whether the receiver is still there to read.
     pub fn is_open(&self) -> bool {
-        !self.tx.is_closed() && !self.too_slow.is_cancelled()
+        !self.queue.receiver_gone.load(Ordering::Acquire) && !self.too_slow.is_cancelled()
+    }
+}
+
+impl Inbox {
+    /// Moves up to `limit` deliveries into `into`, waiting for the first; 0 once every sender is
+    /// gone and the queue is empty. Cancel-safe: nothing is taken until it is returned.
+    pub async fn recv_many(&self, into: &mut Vec<Delivery>, limit: usize) -> usize {
+        loop {
+            // Read before taking: a sender that pushed and then went is seen with its push.
+            let ended = self.queue.senders.load(Ordering::Acquire) == 0;
+            let taken = self.take(|items| {
+                let n = items.len().min(limit);
+                into.extend(items.drain(..n));
+                n
+            });
+            if taken > 0 || ended {
+                return taken;
+            }
+            self.queue.arrived.notified().await;
+        }
+    }
+
+    /// The next delivery, waiting for it; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&self) -> Option<Delivery> {
+        let mut one = Vec::new();
+        self.recv_many(&mut one, 1).await;
+        one.pop()
+    }
+
+    /// The next delivery if one is waiting.
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.take(|items| items.pop_front())
+    }
+
+    /// Applies `take` to the waiting deliveries, gives back the slots of a burst once they are
+    /// all taken, and wakes a catch-up waiting for room.
+    fn take<R>(&self, take: impl FnOnce(&mut VecDeque<Delivery>) -> R) -> R {
+        let (taken, before, after) = {
+            let mut items = self.queue.lock();
+            let before = items.len();
+            let taken = take(&mut items);
+            if items.is_empty() && items.capacity() > IDLE_SLOTS {
+                *items = VecDeque::new();
+            }
+            (taken, before, items.len())
+        };
+        if after < before {
+            self.queue.taken.notify_one();
+        }
+        taken
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.queue.receiver_gone.store(true, Ordering::Release);
+        self.queue.taken.notify_one();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::core::model::Event;
+
+    fn notice() -> Arc<Broadcast> {
+        Broadcast::new(Event::Notice("x".into()))
+    }
 
     #[tokio::test]
     async fn a_full_queue_marks_the_receiver_too_slow_without_blocking() {
         let id = SessionId::random();
         let (outbox, inbox) = queue(id, id, 2);
-        let event = Broadcast::new(Event::Notice("x".into()));
-        assert!(outbox.push_event(&event));
-        assert!(outbox.push_event(&event));
-        assert!(!outbox.push_event(&event));
+        assert!(outbox.push_event(&notice()));
+        assert!(outbox.push_event(&notice()));
+        assert!(!outbox.push_event(&notice()));
         assert!(inbox.too_slow.is_cancelled());
-        assert_eq!(inbox.rx.len(), 2);
         assert!(!outbox.is_open());
+        assert!(inbox.try_recv().is_some());
+        assert!(inbox.try_recv().is_some());
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_receiver_gets_what_was_pushed_then_the_end_when_every_sender_is_gone() {
+        let id = SessionId::random();
+        let (outbox, inbox) = queue(id, id, 8);
+        let other = outbox.clone();
+        assert!(outbox.push_event(&notice()));
+        drop(outbox);
+        assert!(other.push_event(&notice()));
+        drop(other);
+        let mut got = Vec::new();
+        assert_eq!(inbox.recv_many(&mut got, 8).await, 2);
+        assert_eq!(inbox.recv_many(&mut got, 8).await, 0);
+        assert!(inbox.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn pushes_stop_when_the_receiver_is_gone() {
+        let id = SessionId::random();
+        let (outbox, inbox) = queue(id, id, 8);
+        drop(inbox);
+        assert!(!outbox.is_open());
+        assert!(!outbox.push_event(&notice()));
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_waiting_for_room_goes_on_as_soon_as_the_receiver_takes() {
+        let id = SessionId::random();
+        let (outbox, inbox) = queue(id, id, 4);
+        for _ in 0..4 {
+            assert!(outbox.push_event(&notice()));
+        }
+        let waiting = tokio::spawn(async move {
+            // Far longer than the test takes: only the receiver's take can end the wait.
+            outbox.wait_for_room(2, Duration::from_secs(60)).await
+        });
+        let mut got = Vec::new();
+        inbox.recv_many(&mut got, 2).await;
+        assert!(waiting.await.unwrap());
+        assert!(!inbox.too_slow.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_waiting_for_room_stops_when_the_receiver_goes() {
+        let id = SessionId::random();
+        let (outbox, inbox) = queue(id, id, 1);
+        assert!(outbox.push_event(&notice()));
+        let waiting =
+            tokio::spawn(async move { outbox.wait_for_room(1, Duration::from_secs(60)).await });
+        drop(inbox);
+        assert!(!waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_slots_and_gives_back_a_burst() {
+        let id = SessionId::random();
+        let (outbox, inbox) = queue(id, id, 1000);
+        assert_eq!(outbox.queue.lock().capacity(), 0);
+        for _ in 0..500 {
+            assert!(outbox.push_event(&notice()));
+        }
+        let mut got = Vec::new();
+        while inbox.recv_many(&mut got, 256).await == 256 {}
+        assert_eq!(got.len(), 500);
+        assert_eq!(outbox.queue.lock().capacity(), 0);
     }
 }

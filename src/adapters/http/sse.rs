@@ -274,7 +274,7 @@ impl Writer {
                     self.ready.push_back(frame("system", None, &notice));
                 }
                 _ = self.stream.inbox.too_slow.cancelled() => return None,
-                received = self.stream.inbox.rx.recv_many(&mut self.deliveries, BATCH) => {
+                received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH) => {
                     if received == 0 {
                         return None;
                     }

@@ -165,7 +165,7 @@ impl Connection {
                 }
                 _ = kicked.cancelled() => Err(End::Kicked),
                 _ = too_slow.cancelled() => Err(End::TooSlow),
-                _ = inbox.rx.recv_many(&mut events, WRITE_BATCH) => Box::pin(self.write_events(session, &mut events)).await,
+                _ = inbox.recv_many(&mut events, WRITE_BATCH) => Box::pin(self.write_events(session, &mut events)).await,
                 Some(acked) = in_flight.next() => match acked {
                     Ok(_) => Ok(()),
                     Err(e) => Box::pin(self.write_error(session, &e)).await,
@@ -197,7 +197,7 @@ impl Connection {
                 }
             }
             let mut events = Vec::new();
-            while let Ok(event) = inbox.rx.try_recv() {
+            while let Some(event) = inbox.try_recv() {
                 events.push(event);
             }
             self.write_events(session, &mut events).await
@@ -238,14 +238,14 @@ impl Connection {
             let deadline = tokio::time::Instant::now() + ECHO_WAIT;
             let mut events = Vec::new();
             loop {
-                while let Ok(event) = inbox.rx.try_recv() {
+                while let Some(event) = inbox.try_recv() {
                     events.push(event);
                 }
                 self.write_events(session, &mut events).await?;
                 if echo_up_to.is_none_or(|seq| session.seen() >= seq) {
                     break;
                 }
-                match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
+                match tokio::time::timeout_at(deadline, inbox.recv()).await {
                     Ok(Some(event)) => events.push(event),
                     _ => break,
                 }

@@ -312,7 +312,7 @@ mod tests {
     /// Every line a receiver has been queued, as a TCP user would read them.
     fn lines(session: &mut Session, inbox: &mut Inbox) -> Vec<String> {
         let mut lines = Vec::new();
-        while let Ok(delivery) = inbox.rx.try_recv() {
+        while let Some(delivery) = inbox.try_recv() {
             if let Some(crate::core::Show::Event(event)) = session.admit(&delivery) {
                 lines.push(event.event.text());
             }
@@ -442,12 +442,12 @@ mod tests {
     async fn a_dm_reaches_the_recipient_and_an_unknown_one_is_refused() {
         let chat = chat();
         let (mut ann, _) = live(&chat, "ann").await;
-        let (mut bob, mut bob_in) = live(&chat, "bob").await;
+        let (mut bob, bob_in) = live(&chat, "bob").await;
         assert_eq!(
             say(&chat, &mut ann, "/dm BOB psst").await,
             "[DM to bob] psst"
         );
-        let delivery = bob_in.rx.try_recv().unwrap();
+        let delivery = bob_in.try_recv().unwrap();
         assert!(
             matches!(&delivery, Delivery::Event(e) if e.event == Event::Dm {
                 from: Nickname::parse("ann").unwrap(),
