@@ -11,6 +11,7 @@ mod http;
 mod http_client;
 mod operability;
 mod postgres;
+mod presence;
 mod services;
 mod tcp_commands;
 mod tcp_limits;

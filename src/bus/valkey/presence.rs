@@ -90,12 +90,15 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// A pod's heartbeat. Opens the recovery window when the presence state was lost since this pod
-/// last saw it (the epoch `KEYS[5]` is gone or not `ARGV[7]`, the one it knew; a new one is
-/// `ARGV[8]`) or when it has users (`ARGV[5]`) and nobody renewed presence for `ARGV[1]` ms. Then
-/// marks presence renewed, renews or re-registers its `ARGV[6]` claims (keys `KEYS[6..]`, values
-/// `ARGV[9..]`), rewrites its presence hash `KEYS[3]` from the field/value pairs after them, and
-/// returns the epoch followed by the claims another session holds now.
+/// One slice of a pod's heartbeat (see [`ValkeyBus::heartbeat`]). Opens the recovery window
+/// when the presence state was lost since this pod last saw it (the epoch `KEYS[5]` is gone or
+/// not `ARGV[7]`, the one it knew; a new one is `ARGV[8]`) or when it has users (`ARGV[5]`) and
+/// nobody renewed presence for `ARGV[1]` ms. Then marks presence renewed, renews or re-registers
+/// its `ARGV[6]` claims (keys `KEYS[6..]`, values `ARGV[10..]`) and writes the presence entry of
+/// each claim it still holds (the field/value pairs after them) into the heartbeat's staging hash
+/// `KEYS[3]`. The last slice (`ARGV[9]` is `last`) puts the staging hash in place of the pod's
+/// presence hash `KEYS[6 + claims]`. Returns the epoch followed by the claims another session
+/// holds now.
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local t = redis.call('TIME')
@@ -116,31 +119,35 @@ static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
          local claims = tonumber(ARGV[6])
          local result = {epoch}
          for i = 1, claims do
-           local key, value = KEYS[5 + i], ARGV[8 + i]
+           local key, value = KEYS[5 + i], ARGV[9 + i]
            local current = redis.call('GET', key)
-           if current == value then
-             redis.call('PEXPIRE', key, ARGV[3])
-           elseif not current then
+           if current == value or not current then
              redis.call('SET', key, value, 'PX', ARGV[3])
+             local field = 8 + claims + 2 * i
+             redis.call('HSET', KEYS[3], ARGV[field], ARGV[field + 1])
            else
              table.insert(result, key)
            end
          end
-         redis.call('DEL', KEYS[3])
-         local fields = {}
-         for i = 9 + claims, #ARGV do
-           table.insert(fields, ARGV[i])
-           if #fields == 1000 then
-             redis.call('HSET', KEYS[3], unpack(fields))
-             fields = {}
+         redis.call('PEXPIRE', KEYS[3], ARGV[3])
+         if ARGV[9] == 'last' then
+           local presence = KEYS[6 + claims]
+           if redis.call('EXISTS', KEYS[3]) == 1 then
+             redis.call('RENAME', KEYS[3], presence)
+             redis.call('PEXPIRE', presence, ARGV[3])
+           else
+             redis.call('DEL', presence)
            end
          end
-         if #fields > 0 then redis.call('HSET', KEYS[3], unpack(fields)) end
-         redis.call('PEXPIRE', KEYS[3], ARGV[3])
          redis.call('SADD', KEYS[4], ARGV[4])
          return result",
     )
 });
+
+/// Claims renewed per heartbeat script: what one script allocates (its keys and arguments, here
+/// and in the client) and how long it holds Valkey are bounded by this, however many users a pod
+/// has (10,000 in one script measured ~0.8 KB per connection of lasting heap high-water).
+const CLAIMS_PER_SLICE: usize = 500;
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
@@ -165,6 +172,11 @@ pub(super) struct Local {
     renewed: Option<Instant>,
     /// The presence state's epoch as of this pod's last heartbeat; `None` before the first.
     epoch: Option<String>,
+    /// While a heartbeat runs: the hash it is building to replace this pod's presence hash, where
+    /// entries written meanwhile must go too.
+    staging: Option<String>,
+    /// Heartbeats begun, naming each one's staging hash.
+    beats: u64,
 }
 
 pub(super) fn claim_key(nick: &Nickname) -> String {
@@ -193,100 +205,130 @@ impl ValkeyBus {
         self.presence_ttl.as_millis().max(1000) as u64
     }
 
-    /// Renews this pod's claims and rewrites its presence (see [`HEARTBEAT`]); then retries
-    /// releases that failed before.
+    /// Renews this pod's claims and rewrites its presence hash, a slice of claims per script (see
+    /// [`HEARTBEAT`]); then retries releases that failed before. The entries go to a staging hash
+    /// that the last slice puts in place, so nobody reads a half-written presence; an entry
+    /// written meanwhile goes to both (see [`Self::write_entry`]). Each slice reads the claims as
+    /// they are when it is sent, and checks the epoch the previous one saw.
     pub(super) async fn heartbeat(&self) -> Result<(), BusError> {
         let began = Instant::now();
-        let (snapshot, known) = {
+        let (keys, staging) = {
+            let mut local = self.lock_local();
+            local.beats += 1;
+            let staging = format!("{}:next:{}", self.presence_key(), local.beats);
+            local.staging = Some(staging.clone());
+            let keys: Vec<String> = local.claims.keys().cloned().collect();
+            (keys, staging)
+        };
+        let mut slices = keys.chunks(CLAIMS_PER_SLICE);
+        let mut renewed = Ok(());
+        // One slice even with no claims: it marks presence renewed and empties the presence hash.
+        let mut slice: Option<&[String]> = Some(slices.next().unwrap_or(&[]));
+        while let Some(keys) = slice {
+            slice = slices.next();
+            renewed = self.renew(keys, &staging, slice.is_none()).await;
+            if renewed.is_err() {
+                break;
+            }
+        }
+        {
+            let mut local = self.lock_local();
+            local.staging = None;
+            if renewed.is_ok() {
+                local.renewed = Some(began);
+            }
+        }
+        renewed?;
+        let mut pending = std::mem::take(&mut self.lock_local().releases);
+        // One failure means Valkey is not answering: keep the rest for the next heartbeat rather
+        // than wait out a timeout for each.
+        let mut failed_once = false;
+        for (nick, session) in pending.drain(..) {
+            if failed_once || self.try_release(&nick, session).await.is_err() {
+                failed_once = true;
+                self.lock_local().releases.push((nick, session));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one slice of the heartbeat over the claims `keys` this pod still holds; revokes those
+    /// another session took meanwhile, and queues for release those released while it ran.
+    async fn renew(&self, keys: &[String], staging: &str, last: bool) -> Result<(), BusError> {
+        let (held, known) = {
             let local = self.lock_local();
-            let snapshot: Vec<(String, Nickname, SessionId, Option<RoomName>)> = local
-                .claims
+            let held: Vec<(&String, Nickname, SessionId, Option<RoomName>)> = keys
                 .iter()
-                .map(|(key, held)| {
-                    (
-                        key.clone(),
-                        held.nick.clone(),
-                        held.session,
-                        held.room.clone(),
-                    )
+                .filter_map(|key| {
+                    let h = local.claims.get(key)?;
+                    Some((key, h.nick.clone(), h.session, h.room.clone()))
                 })
                 .collect();
-            (snapshot, local.epoch.clone().unwrap_or_default())
+            (held, local.epoch.clone().unwrap_or_default())
         };
         let ttl = self.ttl_ms();
-        let mut keys = vec![
+        let mut script_keys = vec![
             BEAT.to_owned(),
             RECOVERING.to_owned(),
-            self.presence_key(),
+            staging.to_owned(),
             PODS.to_owned(),
             EPOCH.to_owned(),
         ];
-        keys.extend(snapshot.iter().map(|(key, ..)| key.clone()));
+        script_keys.extend(held.iter().map(|(key, ..)| (*key).clone()));
+        script_keys.push(self.presence_key());
         let mut args: Vec<String> = vec![
             ttl.to_string(),
             ttl.to_string(),
             ttl.to_string(),
             self.instance.clone(),
-            if snapshot.is_empty() { "0" } else { "1" }.to_owned(),
-            snapshot.len().to_string(),
+            if keys.is_empty() { "0" } else { "1" }.to_owned(),
+            held.len().to_string(),
             known,
             uuid::Uuid::new_v4().simple().to_string(),
+            if last { "last" } else { "more" }.to_owned(),
         ];
         args.extend(
-            snapshot
-                .iter()
+            held.iter()
                 .map(|(_, nick, session, _)| claim_value(nick, *session)),
         );
-        for (_, nick, _, room) in &snapshot {
+        for (_, nick, _, room) in &held {
             args.push(nick.key());
             args.push(entry(nick, room.as_ref()));
         }
         let mut answer: Vec<String> = HEARTBEAT
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(&self.client, script_keys, args)
             .await
             .map_err(failed("heartbeat"))?;
         let lost = answer.split_off(1.min(answer.len()));
-        let (revoked, released) = {
+        let revoked = {
             let mut local = self.lock_local();
-            local.renewed = Some(began);
             local.epoch = answer.pop();
             // Taken by another session: revoked, unless the claim changed hands on this pod since.
             let mut revoked = Vec::new();
             for key in &lost {
-                let was = snapshot.iter().find(|(k, ..)| k == key).map(|s| s.2);
+                let was = held.iter().find(|(k, ..)| *k == key).map(|h| h.2);
                 if local
                     .claims
                     .get(key)
-                    .is_some_and(|held| Some(held.session) == was)
-                    && let Some(held) = local.claims.remove(key)
+                    .is_some_and(|h| Some(h.session) == was)
+                    && let Some(h) = local.claims.remove(key)
                 {
-                    revoked.push(held.session);
+                    revoked.push(h.session);
                 }
             }
-            // Released while the heartbeat ran: it may have re-registered them; release again.
-            let released: Vec<(Nickname, SessionId)> = snapshot
-                .iter()
-                .filter(|(key, _, session, _)| {
-                    local.claims.get(key).is_none_or(|h| h.session != *session)
-                })
+            // Released while the slice ran: it may have re-registered them; release again.
+            let released = held.iter().filter(|(key, _, session, _)| {
+                local.claims.get(*key).is_none_or(|h| h.session != *session)
+            });
+            let released: Vec<(Nickname, SessionId)> = released
                 .map(|(_, nick, session, _)| (nick.clone(), *session))
                 .collect();
-            (revoked, released)
+            local.releases.extend(released);
+            revoked
         };
         for session in revoked {
             tracing::warn!(%session, "a live user's nickname was taken while presence was down; disconnecting it");
             self.revoke(session);
-        }
-        let mut pending = std::mem::take(&mut self.lock_local().releases);
-        pending.extend(released);
-        // One failure means Valkey is not answering: keep the rest for the next heartbeat rather
-        // than wait out a timeout for each.
-        let mut failed_once = false;
-        for (nick, session) in pending {
-            if failed_once || self.try_release(&nick, session).await.is_err() {
-                failed_once = true;
-                self.lock_local().releases.push((nick, session));
-            }
         }
         Ok(())
     }
@@ -610,10 +652,18 @@ impl ValkeyBus {
             Holder::Session(_) => SESSION_PRESENCE.to_owned(),
         };
         let pipeline = self.client.pipeline();
-        let _: Result<(), _> = pipeline.hset(&hash, (nick.key(), entry(nick, room))).await;
+        let field = (nick.key(), entry(nick, room));
+        let _: Result<(), _> = pipeline.hset(&hash, field.clone()).await;
         if holder == Holder::Pod {
-            let _: Result<(), _> = pipeline.pexpire(&hash, self.ttl_ms() as i64, None).await;
+            let ttl = self.ttl_ms() as i64;
+            let _: Result<(), _> = pipeline.pexpire(&hash, ttl, None).await;
             let _: Result<(), _> = pipeline.sadd(PODS, self.instance.as_str()).await;
+            // A heartbeat is building the hash that will replace this one: it must not lose this.
+            let staging = self.lock_local().staging.clone();
+            if let Some(staging) = staging {
+                let _: Result<(), _> = pipeline.hset(&staging, field).await;
+                let _: Result<(), _> = pipeline.pexpire(&staging, ttl, None).await;
+            }
         }
         if let Err(e) = pipeline.all::<Vec<Value>>().await {
             tracing::debug!(error = %e, %nick, "writing presence failed; the heartbeat will");
