@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::http::{Request, header, response};
+use axum::http::{Request, Response, header, response};
 use bytes::Bytes;
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -89,9 +89,10 @@ impl StreamEnd {
     async fn abandoned(&self) {
         tokio::select! {
             _ = self.too_slow.cancelled() => {}
+            // Boxed: the timer is needed only once draining, not in every idle stream's task.
             _ = async {
                 self.shutdown.cancelled().await;
-                tokio::time::sleep(NOTICE_GRACE).await;
+                Box::pin(tokio::time::sleep(NOTICE_GRACE)).await;
             } => {}
         }
     }
@@ -170,7 +171,7 @@ async fn connection(
         match next {
             Next::Stream(request) => {
                 drop(unread);
-                return serve_stream(socket, *request, router, stop, limits.write_stall).await;
+                return serve_stream(socket, request, router, stop, limits.write_stall).await;
             }
             Next::Exchange(length) => {
                 let exchange = Box::pin(exchange(
@@ -270,26 +271,26 @@ async fn hand_over(
 /// Resolves `grace` after `stop` is cancelled.
 async fn stopped_for(stop: &CancellationToken, grace: Duration) {
     stop.cancelled().await;
-    tokio::time::sleep(grace).await;
+    Box::pin(tokio::time::sleep(grace)).await;
 }
 
 /// Runs the request through the router and writes the response straight to the socket. Every
 /// write races what ends the stream: a client that stops reading cannot pin this task.
 async fn serve_stream(
     mut socket: TcpStream,
-    request: Request<Body>,
+    // Boxed: an argument keeps its room in the task for as long as the stream lasts.
+    request: Box<Request<Body>>,
     router: Router,
     stop: CancellationToken,
     write_stall: Duration,
 ) {
     // Boxed: the router's future is large and only needed until the response exists.
-    let response = match Box::pin(router.oneshot(request)).await {
+    let response = match Box::pin(router.oneshot(*request)).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
-    // Not a stream (an error, say): a short body, bounded like any request in flight.
-    let end = parts.extensions.get::<StreamEnd>().cloned();
+    // The head is written out and its headers dropped here: a stream's task keeps neither.
+    let (head, end, body) = split_response(response);
     let abandoned = async {
         match &end {
             Some(end) => end.abandoned().await,
@@ -297,7 +298,6 @@ async fn serve_stream(
         }
     };
     tokio::pin!(abandoned);
-    let head = response_head(&parts, body.size_hint().exact());
     let mut body = body.into_data_stream();
     let mut next = Some(Bytes::from(head));
     loop {
@@ -327,6 +327,14 @@ async fn serve_stream(
         }
     }
     let _ = tokio::time::timeout(NOTICE_GRACE, socket.shutdown()).await;
+}
+
+/// A response's head, what ends it if it is a stream ([`StreamEnd`]; none for a short body, an
+/// error say) and its body.
+fn split_response(response: Response<Body>) -> (Vec<u8>, Option<StreamEnd>, Body) {
+    let (parts, body) = response.into_parts();
+    let head = response_head(&parts, body.size_hint().exact());
+    (head, parts.extensions.get::<StreamEnd>().cloned(), body)
 }
 
 /// The status line and headers; the body is delimited by its length when known, else by the

@@ -185,7 +185,13 @@ fn respond(stream: EventStream, slot: OwnedSemaphorePermit, state: &AppState) ->
         shutdown: state.shutdown.clone(),
         too_slow: stream.inbox.too_slow.clone(),
     };
-    let writer = Writer::new(stream, slot, state.chat.clone(), state.shutdown.clone());
+    // Boxed once: the stream's state holds it beside each pending chunk, and moves only a pointer.
+    let writer = Box::new(Writer::new(
+        stream,
+        slot,
+        state.chat.clone(),
+        state.shutdown.clone(),
+    ));
     let body = Body::from_stream(futures::stream::unfold(writer, |mut w| async move {
         w.next_chunk()
             .await
@@ -251,15 +257,16 @@ impl Writer {
     /// frame); `None` ends the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            match self.ready.len() {
+            // Taken whole: an idle stream keeps no buffer.
+            let ready = std::mem::take(&mut self.ready);
+            match ready.len() {
                 0 => {}
-                1 => return self.ready.pop_front(),
+                1 => return ready.into_iter().next(),
                 _ => {
-                    let mut chunk =
-                        BytesMut::with_capacity(self.ready.iter().map(Bytes::len).sum());
-                    self.ready
-                        .drain(..)
-                        .for_each(|frame| chunk.extend_from_slice(&frame));
+                    let mut chunk = BytesMut::with_capacity(ready.iter().map(Bytes::len).sum());
+                    ready
+                        .iter()
+                        .for_each(|frame| chunk.extend_from_slice(frame));
                     return Some(chunk.freeze());
                 }
             }

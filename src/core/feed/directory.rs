@@ -8,6 +8,12 @@ use crate::core::model::{Broadcast, SessionId, SessionRecord};
 use crate::core::names::{Nickname, RoomName};
 use crate::core::outbox::Outbox;
 
+/// Most nicknames and sessions have one receiver, one stream: their lists start with room for
+/// one, not the four a first push would make room for (kept by every idle connection).
+fn one<T>() -> Vec<T> {
+    Vec::with_capacity(1)
+}
+
 #[derive(Default)]
 pub(super) struct Directory {
     /// Who receives direct messages to a nickname on this pod.
@@ -31,7 +37,7 @@ struct Follower {
 
 impl Directory {
     pub fn register(&mut self, nick: &Nickname, outbox: &Outbox) {
-        let receivers = self.users.entry(nick.clone()).or_default();
+        let receivers = self.users.entry(nick.clone()).or_insert_with(one);
         receivers.retain(|r| r.id != outbox.id);
         receivers.push(outbox.clone());
     }
@@ -57,7 +63,7 @@ impl Directory {
         let held = self
             .records
             .entry(record.id)
-            .or_insert_with(|| (record.clone(), Vec::new()));
+            .or_insert_with(|| (record.clone(), one()));
         held.0 = record.clone();
         held.1.push(stream);
     }
@@ -75,12 +81,15 @@ impl Directory {
     /// Starts following `record`'s session with this stream. Returns its generation.
     pub fn follow(&mut self, record: &SessionRecord, outbox: &Outbox) -> u64 {
         self.register(&record.nick, outbox);
-        self.followers.entry(record.id).or_default().push(Follower {
-            outbox: outbox.clone(),
-            nick: record.nick.clone(),
-            room: record.room.as_ref().map(|r| r.name.clone()),
-            generation: 0,
-        });
+        self.followers
+            .entry(record.id)
+            .or_insert_with(one)
+            .push(Follower {
+                outbox: outbox.clone(),
+                nick: record.nick.clone(),
+                room: record.room.as_ref().map(|r| r.name.clone()),
+                generation: 0,
+            });
         self.hold(record, outbox.id);
         0
     }
