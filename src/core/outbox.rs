@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::model::{Broadcast, Delivery, SessionId};
 use crate::telemetry::metric;
@@ -36,6 +35,10 @@ struct Queue {
     arrived: Notify,
     /// Woken when the receiver takes deliveries out or goes away (a catch-up waiting for room).
     taken: Notify,
+    /// Set when the queue overflowed: the receiver must be disconnected.
+    too_slow: AtomicBool,
+    /// Wakes every waiter of [`TooSlow::wait`] when `too_slow` is set.
+    slow: Notify,
 }
 
 impl Queue {
@@ -45,6 +48,23 @@ impl Queue {
 
     fn room_left(&self) -> usize {
         self.capacity - self.lock().len()
+    }
+
+    fn is_too_slow(&self) -> bool {
+        self.too_slow.load(Ordering::Acquire)
+    }
+
+    async fn found_too_slow(&self) {
+        loop {
+            // Registered before the flag is read, so a mark in between is not missed.
+            let notified = self.slow.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_too_slow() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -56,14 +76,28 @@ pub struct Outbox {
     /// The session it speaks for: room events about that session are not shown to it.
     pub session: SessionId,
     queue: Arc<Queue>,
-    too_slow: CancellationToken,
 }
 
 /// The receiving half, owned by the adapter that writes to the session's socket or stream.
 pub struct Inbox {
     queue: Arc<Queue>,
-    /// Cancelled when the queue overflowed: the adapter must close the connection.
-    pub too_slow: CancellationToken,
+    /// Set when the queue overflowed: the adapter must close the connection.
+    pub too_slow: TooSlow,
+}
+
+/// The news that a receiver could not keep up, for whoever must close its connection.
+#[derive(Clone)]
+pub struct TooSlow(Arc<Queue>);
+
+impl TooSlow {
+    pub fn is_set(&self) -> bool {
+        self.0.is_too_slow()
+    }
+
+    /// Resolves once the receiver has been found too slow.
+    pub async fn wait(&self) {
+        self.0.found_too_slow().await
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -83,14 +117,15 @@ pub fn queue(id: SessionId, session: SessionId, capacity: usize) -> (Outbox, Inb
         senders: AtomicUsize::new(1),
         arrived: Notify::new(),
         taken: Notify::new(),
+        too_slow: AtomicBool::new(false),
+        slow: Notify::new(),
     });
-    let too_slow = CancellationToken::new();
     let outbox = Outbox {
         id,
         session,
         queue: queue.clone(),
-        too_slow: too_slow.clone(),
     };
+    let too_slow = TooSlow(queue.clone());
     (outbox, Inbox { queue, too_slow })
 }
 
@@ -101,7 +136,6 @@ impl Clone for Outbox {
             id: self.id,
             session: self.session,
             queue: self.queue.clone(),
-            too_slow: self.too_slow.clone(),
         }
     }
 }
@@ -158,7 +192,7 @@ impl Outbox {
             while self.is_open() && self.queue.room_left() < n {
                 tokio::select! {
                     _ = self.queue.taken.notified() => {}
-                    _ = self.too_slow.cancelled() => {}
+                    _ = self.queue.found_too_slow() => {}
                 }
             }
         };
@@ -170,23 +204,28 @@ impl Outbox {
     }
 
     fn mark_too_slow(&self) {
-        if !self.too_slow.is_cancelled() {
-            self.too_slow.cancel();
+        if !self.queue.too_slow.swap(true, Ordering::AcqRel) {
+            self.queue.slow.notify_waiters();
+            self.queue.arrived.notify_one();
             metrics::counter!(metric::DROPPED, "reason" => "slow_consumer").increment(1);
         }
     }
 
     /// Whether the receiver is still there to read.
     pub fn is_open(&self) -> bool {
-        !self.queue.receiver_gone.load(Ordering::Acquire) && !self.too_slow.is_cancelled()
+        !self.queue.receiver_gone.load(Ordering::Acquire) && !self.queue.is_too_slow()
     }
 }
 
 impl Inbox {
-    /// Moves up to `limit` deliveries into `into`, waiting for the first; 0 once every sender is
+    /// Moves up to `limit` deliveries into `into`, waiting for the first; 0 once the receiver was
+    /// found too slow (it is being disconnected: what is queued is not shown), or every sender is
     /// gone and the queue is empty. Cancel-safe: nothing is taken until it is returned.
     pub async fn recv_many(&self, into: &mut Vec<Delivery>, limit: usize) -> usize {
         loop {
+            if self.queue.is_too_slow() {
+                return 0;
+            }
             // Read before taking: a sender that pushed and then went is seen with its push.
             let ended = self.queue.senders.load(Ordering::Acquire) == 0;
             let taken = self.take(|items| {
@@ -257,11 +296,11 @@ mod tests {
         assert!(outbox.push_event(&notice()));
         assert!(outbox.push_event(&notice()));
         assert!(!outbox.push_event(&notice()));
-        assert!(inbox.too_slow.is_cancelled());
+        assert!(inbox.too_slow.is_set());
         assert!(!outbox.is_open());
-        assert!(inbox.try_recv().is_some());
-        assert!(inbox.try_recv().is_some());
-        assert!(inbox.try_recv().is_none());
+        // Its adapter is told the queue ended, however much is waiting in it.
+        let mut got = Vec::new();
+        assert_eq!(inbox.recv_many(&mut got, 8).await, 0);
     }
 
     #[tokio::test]
@@ -302,7 +341,7 @@ mod tests {
         let mut got = Vec::new();
         inbox.recv_many(&mut got, 2).await;
         assert!(waiting.await.unwrap());
-        assert!(!inbox.too_slow.is_cancelled());
+        assert!(!inbox.too_slow.is_set());
     }
 
     #[tokio::test]

@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::framing::{Next, next_request};
+use crate::core::outbox::TooSlow;
 use crate::telemetry::metric;
 
 /// What a request head usually fits in.
@@ -81,14 +82,14 @@ pub(super) struct StreamEnd {
     /// The pod is draining.
     pub shutdown: CancellationToken,
     /// The client reads too slowly; its stream is being dropped.
-    pub too_slow: CancellationToken,
+    pub too_slow: TooSlow,
 }
 
 impl StreamEnd {
     /// Resolves when a write still in progress should be given up.
     async fn abandoned(&self) {
         tokio::select! {
-            _ = self.too_slow.cancelled() => {}
+            _ = self.too_slow.wait() => {}
             // Boxed: the timer is needed only once draining, not in every idle stream's task.
             _ = async {
                 self.shutdown.cancelled().await;
@@ -130,72 +131,82 @@ pub async fn serve(tcp: TcpListener, router: Router, stop: CancellationToken, li
 
 /// Serves one connection; `_open` is its place under [`Limits::connections`], given back when
 /// this returns.
-async fn connection(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn connection(
     mut socket: TcpStream,
     _open: OwnedSemaphorePermit,
     router: Router,
     stop: CancellationToken,
     limits: Limits,
-) {
-    // Bytes read and not yet served; empty (no allocation) while the connection is idle.
-    let mut unread = Vec::new();
-    loop {
-        // Boxed, and gone before a stream starts: a stream's task should not carry a timer.
-        let mut give_up = Box::pin(tokio::time::sleep(limits.idle));
-        let mut head_begun = false;
-        let next = loop {
-            match next_request(&unread) {
-                Next::Incomplete => {}
-                next => break next,
-            }
-            if !head_begun && !unread.is_empty() {
-                head_begun = true;
-                give_up.as_mut().reset(Instant::now() + limits.head);
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                () = give_up.as_mut() => return,
-                ready = socket.readable() => if ready.is_err() { return },
-            }
-            unread.reserve(HEAD_INITIAL);
-            match socket.try_read_buf(&mut unread) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        };
-        drop(give_up);
-        // The hyper futures are boxed: they are large and short-lived, and an idle stream's
-        // task should not carry room for them.
-        match next {
-            Next::Stream(request) => {
-                drop(unread);
-                return serve_stream(socket, request, router, stop, limits.write_stall).await;
-            }
-            Next::Exchange(length) => {
-                let exchange = Box::pin(exchange(
-                    &mut socket,
-                    &mut unread,
-                    length,
-                    &router,
-                    limits.write_stall,
-                ));
-                let served = tokio::select! {
-                    served = exchange => served,
-                    () = stopped_for(&stop, FINISH_GRACE) => false,
-                };
-                if !served || stop.is_cancelled() {
-                    return;
+) -> impl Future<Output = ()> + use<> {
+    // A block, not an `async fn`: an async fn keeps each argument twice in its state, and this
+    // state is most of what an idle connection or stream costs.
+    async move {
+        // Moved into the block (a `move` block takes all it names), held until it ends.
+        let _open = &_open;
+        // Bytes read and not yet served; empty (no allocation) while the connection is idle.
+        let mut unread = Vec::new();
+        loop {
+            // Boxed, and gone before a stream starts: a stream's task should not carry a timer.
+            let mut give_up = Box::pin(tokio::time::sleep(limits.idle));
+            let mut head_begun = false;
+            let next = loop {
+                match next_request(&unread) {
+                    Next::Incomplete => {}
+                    next => break next,
+                }
+                if !head_begun && !unread.is_empty() {
+                    head_begun = true;
+                    give_up.as_mut().reset(Instant::now() + limits.head);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = give_up.as_mut() => return,
+                    ready = socket.readable() => if ready.is_err() { return },
+                }
+                unread.reserve(HEAD_INITIAL);
+                match socket.try_read_buf(&mut unread) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            };
+            drop(give_up);
+            // The hyper futures are boxed: they are large and short-lived, and an idle stream's
+            // task should not carry room for them.
+            match next {
+                Next::Stream(request) => {
+                    drop(unread);
+                    return serve_stream(socket, request, router, stop, limits.write_stall).await;
+                }
+                Next::Exchange(length) => {
+                    let exchange = Box::pin(exchange(
+                        &mut socket,
+                        &mut unread,
+                        length,
+                        &router,
+                        limits.write_stall,
+                    ));
+                    let served = tokio::select! {
+                        served = exchange => served,
+                        () = stopped_for(&stop, FINISH_GRACE) => false,
+                    };
+                    if !served || stop.is_cancelled() {
+                        return;
+                    }
+                }
+                // (Incomplete does not get here: the loop above reads on until it is something.)
+                Next::HandOver | Next::Incomplete => {
+                    return Box::pin(hand_over(socket, unread, router, stop, limits)).await;
                 }
             }
-            // (Incomplete does not get here: the loop above reads on until it is something.)
-            Next::HandOver | Next::Incomplete => {
-                return Box::pin(hand_over(socket, unread, router, stop, limits)).await;
+            if unread.is_empty() {
+                unread = Vec::new();
             }
-        }
-        if unread.is_empty() {
-            unread = Vec::new();
         }
     }
 }
@@ -276,57 +287,70 @@ async fn stopped_for(stop: &CancellationToken, grace: Duration) {
 
 /// Runs the request through the router and writes the response straight to the socket. Every
 /// write races what ends the stream: a client that stops reading cannot pin this task.
-async fn serve_stream(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve_stream(
     mut socket: TcpStream,
     // Boxed: an argument keeps its room in the task for as long as the stream lasts.
     request: Box<Request<Body>>,
     router: Router,
     stop: CancellationToken,
     write_stall: Duration,
-) {
-    // Boxed: the router's future is large and only needed until the response exists.
-    let response = match Box::pin(router.oneshot(*request)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    // The head is written out and its headers dropped here: a stream's task keeps neither.
-    let (head, end, body) = split_response(response);
-    let abandoned = async {
-        match &end {
-            Some(end) => end.abandoned().await,
-            None => stopped_for(&stop, FINISH_GRACE).await,
-        }
-    };
-    tokio::pin!(abandoned);
-    let mut body = body.into_data_stream();
-    let mut next = Some(Bytes::from(head));
-    loop {
-        if let Some(mut bytes) = next.take() {
-            while !bytes.is_empty() {
-                tokio::select! {
-                    // A stall, not a slow reader: the timer starts again with each write that
-                    // makes progress, and exists only while one is under way (an idle stream's
-                    // task carries none).
-                    written = tokio::time::timeout(write_stall, socket.write(&bytes)) => {
-                        match written {
-                            Ok(Ok(n)) if n > 0 => bytes = bytes.slice(n..),
-                            _ => return,
+) -> impl Future<Output = ()> + use<> {
+    // A block, for the reason given at `connection`.
+    async move {
+        // Boxed: the router's future is large and only needed until the response exists.
+        // Taken out of its box in a block of its own: a box moved out of is freed only when
+        // the variable holding it goes, which for this one would be when the stream ends.
+        let request = {
+            let boxed = request;
+            *boxed
+        };
+        let response = match Box::pin(router.oneshot(request)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        // The head is written out and its headers dropped here: a stream's task keeps neither.
+        let (head, end, body) = split_response(response);
+        let abandoned = async {
+            match &end {
+                Some(end) => end.abandoned().await,
+                None => stopped_for(&stop, FINISH_GRACE).await,
+            }
+        };
+        tokio::pin!(abandoned);
+        let mut body = body.into_data_stream();
+        let mut next = Some(Bytes::from(head));
+        loop {
+            if let Some(mut bytes) = next.take() {
+                while !bytes.is_empty() {
+                    tokio::select! {
+                        // A stall, not a slow reader: the timer starts again with each write that
+                        // makes progress, and exists only while one is under way (boxed: an idle
+                        // stream's task carries no room for it).
+                        written = Box::pin(tokio::time::timeout(write_stall, socket.write(&bytes))) => {
+                            match written {
+                                Ok(Ok(n)) if n > 0 => bytes = bytes.slice(n..),
+                                _ => return,
+                            }
                         }
+                        () = abandoned.as_mut() => return,
                     }
-                    () = abandoned.as_mut() => return,
                 }
             }
+            let chunk = tokio::select! {
+                chunk = body.next() => chunk,
+                () = closed_by_peer(&socket) => return,
+            };
+            match chunk {
+                Some(Ok(bytes)) => next = Some(bytes),
+                Some(Err(_)) | None => break,
+            }
         }
-        let chunk = tokio::select! {
-            chunk = body.next() => chunk,
-            () = closed_by_peer(&socket) => return,
-        };
-        match chunk {
-            Some(Ok(bytes)) => next = Some(bytes),
-            Some(Err(_)) | None => break,
-        }
+        let _ = tokio::time::timeout(NOTICE_GRACE, socket.shutdown()).await;
     }
-    let _ = tokio::time::timeout(NOTICE_GRACE, socket.shutdown()).await;
 }
 
 /// A response's head, what ends it if it is a stream ([`StreamEnd`]; none for a short body, an
@@ -357,7 +381,8 @@ fn response_head(parts: &response::Parts, length: Option<u64>) -> Vec<u8> {
 /// Resolves when the client has gone: a stream only writes, so without watching the read side a
 /// closed connection would go unnoticed until the next keepalive.
 async fn closed_by_peer(socket: &TcpStream) {
-    let mut discard = [0u8; 64];
+    // Small: it lives in every idle stream's task, and a client has nothing to send meanwhile.
+    let mut discard = [0u8; 8];
     loop {
         if socket.readable().await.is_err() {
             return;

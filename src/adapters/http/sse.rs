@@ -280,7 +280,6 @@ impl Writer {
                     let notice = Notice { text: "Server restarting, please reconnect" };
                     self.ready.push_back(frame("system", None, &notice));
                 }
-                _ = self.stream.inbox.too_slow.cancelled() => return None,
                 received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH) => {
                     if received == 0 {
                         return None;

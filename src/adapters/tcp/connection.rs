@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::Settings;
 use super::lines::{Line, LineReader, LineTooLong};
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Event};
-use crate::core::outbox::Inbox;
+use crate::core::outbox::{Inbox, TooSlow};
 use crate::core::{Chat, Error, Reply, Session, Show, Transport};
 use crate::telemetry::metric;
 
@@ -61,7 +61,7 @@ struct Connection {
     read_buf: BytesMut,
     lines: LineReader,
     shutdown: CancellationToken,
-    too_slow: CancellationToken,
+    too_slow: TooSlow,
     /// Set while a drain settles what the client sent: writes go on despite the shutdown.
     draining: bool,
 }
@@ -151,7 +151,7 @@ impl Connection {
         let mut events = Vec::new();
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
-        let (shutdown, too_slow) = (self.shutdown.clone(), self.too_slow.clone());
+        let shutdown = self.shutdown.clone();
         let kicked = session.kicked.clone();
         loop {
             let step = tokio::select! {
@@ -164,8 +164,12 @@ impl Connection {
                     Err(End::Shutdown)
                 }
                 _ = kicked.cancelled() => Err(End::Kicked),
-                _ = too_slow.cancelled() => Err(End::TooSlow),
-                _ = inbox.recv_many(&mut events, WRITE_BATCH) => Box::pin(self.write_events(session, &mut events)).await,
+                received = inbox.recv_many(&mut events, WRITE_BATCH) => match received {
+                    // The queue ended: the client was found too slow (the session's own outbox
+                    // keeps it from ending otherwise).
+                    0 => Err(End::TooSlow),
+                    _ => Box::pin(self.write_events(session, &mut events)).await,
+                },
                 Some(acked) = in_flight.next() => match acked {
                     Ok(_) => Ok(()),
                     Err(e) => Box::pin(self.write_error(session, &e)).await,
@@ -329,7 +333,7 @@ impl Connection {
         tokio::select! {
             written = self.stream.write_all(bytes) => written.map_err(|_| End::Client),
             _ = self.shutdown.cancelled() => Err(End::Shutdown),
-            _ = self.too_slow.cancelled() => Err(End::TooSlow),
+            _ = self.too_slow.wait() => Err(End::TooSlow),
         }
     }
 
