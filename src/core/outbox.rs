@@ -33,7 +33,7 @@ struct Queue {
     senders: AtomicUsize,
     /// Woken when deliveries arrive or the last sender goes (one receiver: a stored permit).
     arrived: Notify,
-    /// Woken when the receiver takes deliveries out or goes away (a catch-up waiting for room).
+    /// Wakes every catch-up waiting for room when the receiver takes deliveries out or goes.
     taken: Notify,
     /// Set when the queue overflowed: the receiver must be disconnected.
     too_slow: AtomicBool,
@@ -189,18 +189,25 @@ impl Outbox {
     pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
         let n = n.min(self.queue.capacity);
         let made_room = async {
-            while self.is_open() && self.queue.room_left() < n {
+            loop {
+                // Registered before the queue is looked at, so a take in between is not missed.
+                let taken = self.queue.taken.notified();
+                tokio::pin!(taken);
+                taken.as_mut().enable();
+                if !self.is_open() || self.queue.room_left() >= n {
+                    return;
+                }
                 tokio::select! {
-                    _ = self.queue.taken.notified() => {}
+                    _ = taken => {}
                     _ = self.queue.found_too_slow() => {}
                 }
             }
         };
-        if tokio::time::timeout(limit, made_room).await.is_err() {
+        let in_time = tokio::time::timeout(limit, made_room).await.is_ok();
+        if !in_time && !self.queue.receiver_gone.load(Ordering::Acquire) {
             self.mark_too_slow();
-            return false;
         }
-        self.is_open()
+        in_time && self.is_open()
     }
 
     fn mark_too_slow(&self) {
@@ -265,7 +272,7 @@ impl Inbox {
             (taken, before, items.len())
         };
         if after < before {
-            self.queue.taken.notify_one();
+            self.queue.taken.notify_waiters();
         }
         taken
     }
@@ -274,7 +281,9 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.queue.receiver_gone.store(true, Ordering::Release);
-        self.queue.taken.notify_one();
+        // What was waiting goes now, not when the last sender does.
+        *self.queue.lock() = VecDeque::new();
+        self.queue.taken.notify_waiters();
     }
 }
 
@@ -345,14 +354,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_catch_up_waiting_for_room_stops_when_the_receiver_goes() {
+    async fn catch_ups_waiting_for_room_stop_when_the_receiver_goes_and_blame_nobody() {
         let id = SessionId::random();
         let (outbox, inbox) = queue(id, id, 1);
         assert!(outbox.push_event(&notice()));
-        let waiting =
-            tokio::spawn(async move { outbox.wait_for_room(1, Duration::from_secs(60)).await });
+        let too_slow = inbox.too_slow.clone();
+        // Two of them (a user joining one room, then another): each must be woken.
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.wait_for_room(1, Duration::from_secs(60)).await })
+            })
+            .collect();
         drop(inbox);
-        assert!(!waiting.await.unwrap());
+        for waiter in waiting {
+            assert!(!waiter.await.unwrap());
+        }
+        assert!(!too_slow.is_set(), "a receiver that left was not too slow");
     }
 
     #[tokio::test]

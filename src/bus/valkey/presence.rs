@@ -78,7 +78,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Releases claim `KEYS[1]` if session `ARGV[1]` holds it, and its presence entry `ARGV[2]` in
-/// the hashes `KEYS[2..]`.
+/// the hashes `KEYS[2..]` (the pod's, the HTTP sessions', and a heartbeat's staging hash).
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local current = redis.call('GET', KEYS[1])
@@ -173,10 +173,8 @@ pub(super) struct Local {
     /// The presence state's epoch as of this pod's last heartbeat; `None` before the first.
     epoch: Option<String>,
     /// While a heartbeat runs: the hash it is building to replace this pod's presence hash, where
-    /// entries written meanwhile must go too.
+    /// entries written and removed meanwhile must be written and removed too.
     staging: Option<String>,
-    /// Heartbeats begun, naming each one's staging hash.
-    beats: u64,
 }
 
 pub(super) fn claim_key(nick: &Nickname) -> String {
@@ -214,8 +212,13 @@ impl ValkeyBus {
         let began = Instant::now();
         let (keys, staging) = {
             let mut local = self.lock_local();
-            local.beats += 1;
-            let staging = format!("{}:next:{}", self.presence_key(), local.beats);
+            // Named afresh each time: a hash left by a heartbeat cut short (by a crash, say, of a
+            // pod that comes back under the same name) must not be put in place by another.
+            let staging = format!(
+                "{}:next:{}",
+                self.presence_key(),
+                uuid::Uuid::new_v4().simple()
+            );
             local.staging = Some(staging.clone());
             let keys: Vec<String> = local.claims.keys().cloned().collect();
             (keys, staging)
@@ -404,16 +407,16 @@ impl ValkeyBus {
     }
 
     async fn try_release(&self, nick: &Nickname, session: SessionId) -> Result<(), BusError> {
+        let mut keys = vec![
+            claim_key(nick),
+            self.presence_key(),
+            SESSION_PRESENCE.to_owned(),
+        ];
+        // A heartbeat under way may already have written the entry into the hash it will put in
+        // place of the live one.
+        keys.extend(self.lock_local().staging.clone());
         let _: i64 = RELEASE
-            .evalsha_with_reload(
-                &self.client,
-                vec![
-                    claim_key(nick),
-                    self.presence_key(),
-                    SESSION_PRESENCE.to_owned(),
-                ],
-                vec![session.to_string(), nick.key()],
-            )
+            .evalsha_with_reload(&self.client, keys, vec![session.to_string(), nick.key()])
             .await
             .map_err(failed("releasing a nickname"))?;
         Ok(())
@@ -653,17 +656,21 @@ impl ValkeyBus {
         };
         let pipeline = self.client.pipeline();
         let field = (nick.key(), entry(nick, room));
-        let _: Result<(), _> = pipeline.hset(&hash, field.clone()).await;
+        let ttl = self.ttl_ms() as i64;
+        // A heartbeat is building the hash that will replace the live one: the entry goes there
+        // first, so that whenever the heartbeat puts it in place the entry is in one or the other.
+        let staging = match holder {
+            Holder::Pod => self.lock_local().staging.clone(),
+            Holder::Session(_) => None,
+        };
+        if let Some(staging) = staging {
+            let _: Result<(), _> = pipeline.hset(&staging, field.clone()).await;
+            let _: Result<(), _> = pipeline.pexpire(&staging, ttl, None).await;
+        }
+        let _: Result<(), _> = pipeline.hset(&hash, field).await;
         if holder == Holder::Pod {
-            let ttl = self.ttl_ms() as i64;
             let _: Result<(), _> = pipeline.pexpire(&hash, ttl, None).await;
             let _: Result<(), _> = pipeline.sadd(PODS, self.instance.as_str()).await;
-            // A heartbeat is building the hash that will replace this one: it must not lose this.
-            let staging = self.lock_local().staging.clone();
-            if let Some(staging) = staging {
-                let _: Result<(), _> = pipeline.hset(&staging, field).await;
-                let _: Result<(), _> = pipeline.pexpire(&staging, ttl, None).await;
-            }
         }
         if let Err(e) = pipeline.all::<Vec<Value>>().await {
             tracing::debug!(error = %e, %nick, "writing presence failed; the heartbeat will");
