@@ -32,6 +32,8 @@ pub fn unix_nanos() -> u64 {
 enum Port {
     /// Everything due goes out in one write; the echo is the acknowledgement.
     Tcp(OwnedWriteHalf),
+    /// The same to an IRC server: one `PRIVMSG` to the channel per message.
+    Irc(OwnedWriteHalf, String),
     /// One POST per message, each awaited (its 200 is the acknowledgement).
     Http(WebUser),
 }
@@ -40,13 +42,24 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
     let run_id: u32 = rand::random();
     let nick = |kind: &str, i: usize| format!("lg{run_id:08x}_{kind}{i}");
     let room = args.room.as_str();
+    // TCP member (and TCP sender) i is in room i % rooms.
+    let room_of = |i: usize| match (args.rooms, args.irc) {
+        (1, false) => room.to_owned(),
+        (1, true) => format!("#{room}"),
+        (_, false) => format!("{room}{}", i % args.rooms),
+        (_, true) => format!("#{room}{}", i % args.rooms),
+    };
     let members: Vec<Member> = futures::stream::iter(0..args.members)
         .map(|i| {
-            Member::join(
-                args.endpoints[i % args.endpoints.len()],
-                nick("t", i),
-                Some(room),
-            )
+            let addr = args.endpoints[i % args.endpoints.len()];
+            let room = room_of(i);
+            let nick = nick("t", i);
+            async move {
+                match args.irc {
+                    true => Member::join_irc(addr, nick, &room).await,
+                    false => Member::join(addr, nick, Some(&room)).await,
+                }
+            }
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
@@ -76,9 +89,21 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
         .context("setting up HTTP senders")?;
     let senders = args.senders + args.http_senders;
     eprintln!(
-        "{} TCP + {} SSE members, {} TCP + {} HTTP senders in {room}; sending for {}s",
-        args.members, args.sse_members, args.senders, args.http_senders, args.duration
+        "{} TCP + {} SSE members, {} TCP + {} HTTP senders in {} room(s); sending for {}s",
+        args.members, args.sse_members, args.senders, args.http_senders, args.rooms, args.duration
     );
+    // Whose messages member i should get: its room's senders (an IRC server does not echo a
+    // sender's own); HTTP senders and SSE members are only in a one-room run.
+    let expect_from = |member: Option<usize>| -> Vec<usize> {
+        (0..senders)
+            .filter(|&s| match member {
+                Some(i) => {
+                    (s >= args.senders || s % args.rooms == i % args.rooms) && !(args.irc && s == i)
+                }
+                None => true,
+            })
+            .collect()
+    };
 
     // Each receiver learns, once sending is over, how many messages each sender sent, so it can
     // stop as soon as it has them all.
@@ -86,26 +111,36 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
     let give_up = CancellationToken::new();
     let mut receivers = Vec::new();
     let mut ports = Vec::new();
-    let mut spawn_receiver = |lines: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>| {
-        let receiver = Receiver::new(senders, run_id);
+    let mut spawn_receiver = |lines: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>,
+                              expect_from: Vec<usize>| {
+        let receiver = Receiver::new(expect_from, run_id);
         receivers.push(tokio::spawn(receiver.run(
             lines,
             sent_rx.clone(),
             give_up.clone(),
         )));
     };
-    for member in members {
+    for (i, member) in members.into_iter().enumerate() {
         let lines = LinesStream::new(member.reader.lines())
             .filter_map(|line| futures::future::ready(line.ok()));
-        spawn_receiver(Box::pin(lines));
-        ports.push(Port::Tcp(member.writer));
+        if args.irc {
+            spawn_receiver(
+                Box::pin(lines.map(|line| irc_as_chat(&line))),
+                expect_from(Some(i)),
+            );
+            ports.push(Port::Irc(member.writer, room_of(i)));
+        } else {
+            spawn_receiver(Box::pin(lines), expect_from(Some(i)));
+            ports.push(Port::Tcp(member.writer));
+        }
     }
     // Subscribed before anyone sends; the stream's messages are shown as the TCP lines would be.
     for subscriber in &subscribers {
         let messages = subscriber.subscribe(room).await?;
-        spawn_receiver(Box::pin(
-            messages.map(|(user, content)| format!("[sse] {user}: {content}")),
-        ));
+        spawn_receiver(
+            Box::pin(messages.map(|(user, content)| format!("[sse] {user}: {content}"))),
+            expect_from(None),
+        );
     }
     let mut ports: Vec<Port> = ports
         .drain(..args.senders)
@@ -231,6 +266,16 @@ async fn send(
                 .write_all(batch.as_bytes())
                 .await
                 .map_err(anyhow::Error::from),
+            Port::Irc(writer, channel) => {
+                let lines: String = batch
+                    .lines()
+                    .map(|line| format!("PRIVMSG {channel} :{line}\r\n"))
+                    .collect();
+                writer
+                    .write_all(lines.as_bytes())
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
             Port::Http(user) => {
                 let mut posted = Ok(());
                 for line in batch.lines() {
@@ -249,4 +294,30 @@ async fn send(
         sent += count;
     }
     Ok((sent, port))
+}
+
+/// An IRC channel message (`:nick!user@host PRIVMSG #room :text`) as this server's TCP line
+/// (`[#room] nick: text`); any other line becomes one the receiver ignores.
+fn irc_as_chat(line: &str) -> String {
+    let parsed = line.strip_prefix(':').and_then(|rest| {
+        let (prefix, rest) = rest.split_once(" PRIVMSG ")?;
+        let (channel, text) = rest.split_once(" :")?;
+        let nick = prefix.split('!').next()?;
+        Some(format!("[{channel}] {nick}: {text}"))
+    });
+    parsed.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::irc_as_chat;
+
+    #[test]
+    fn an_irc_channel_message_reads_as_a_chat_line() {
+        assert_eq!(
+            irc_as_chat(":lg1_t0!~lg1@127.0.0.1 PRIVMSG #load0 :0 7 123 "),
+            "[#load0] lg1_t0: 0 7 123 "
+        );
+        assert_eq!(irc_as_chat("PING :irc.local"), "");
+    }
 }

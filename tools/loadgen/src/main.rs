@@ -1,7 +1,7 @@
 //! `loadgen`: drives a Baby Discord deployment and reports what its users would have seen.
 //!
-//! `loadgen chat`: M members join one room over one or more endpoints; S of them send at a total
-//! rate R for D seconds. Every message carries its sender, its per-sender sequence number and
+//! `loadgen chat`: M members join one room (or are dealt over K rooms) over one or more
+//! endpoints; S of them send at a total rate R for D seconds. Every message carries its sender, its per-sender sequence number and
 //! its *scheduled* send time, so a sender that falls behind reports the delay as latency instead
 //! of hiding it (no coordinated omission). Reports delivery latency percentiles, deliveries/s,
 //! loss, duplicates and per-sender order violations.
@@ -67,6 +67,15 @@ pub struct ChatArgs {
     /// The room (created if missing).
     #[arg(long, default_value = "load")]
     room: String,
+    /// Rooms: TCP members and TCP senders are dealt round-robin over `<room>0`, `<room>1`, …
+    /// (with one, the room is `<room>`); each member expects the messages of its room's senders.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Speak IRC instead (register, `JOIN #<room>…`, `PRIVMSG`) to run the same workload against
+    /// an IRC server, which does not echo a sender's own messages. Runs must be shorter than the
+    /// server's ping interval: receivers do not answer pings.
+    #[arg(long)]
+    irc: bool,
     /// Seconds to wait for stragglers after the last send.
     #[arg(long, default_value_t = 5)]
     drain: u64,
@@ -118,8 +127,12 @@ async fn main() -> anyhow::Result<()> {
                 "need at least one receiver"
             );
             anyhow::ensure!(
-                args.rate >= 1 && args.duration >= 1,
-                "rate and duration must be positive"
+                args.rate >= 1 && args.duration >= 1 && args.rooms >= 1,
+                "rate, duration and rooms must be positive"
+            );
+            anyhow::ensure!(
+                (args.rooms == 1 && !args.irc) || args.sse_members + args.http_senders == 0,
+                "SSE members and HTTP senders are for one room of this server"
             );
             let report = chat::run(args.clone()).await?;
             println!("{}", report.text());

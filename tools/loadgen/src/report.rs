@@ -1,5 +1,6 @@
 //! What each receiver saw, and the merged report.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +23,12 @@ fn latency_histogram() -> Histogram<u64> {
 pub struct Receiver {
     run_tag: String,
     latency_us: Histogram<u64>,
-    /// Per sender: a bit per seq seen.
-    seen: Vec<Vec<u64>>,
-    /// Per sender: the highest seq seen, for order checks.
-    highest: Vec<Option<u64>>,
+    /// The senders whose messages it should get (indices into the senders' counts).
+    expect_from: Vec<usize>,
+    /// How many messages it should have got, once the senders are done.
+    expected: u64,
+    /// Per sender heard from: a bit per seq seen, and the highest seq seen (for order checks).
+    seen: HashMap<usize, (Vec<u64>, Option<u64>)>,
     unique: u64,
     duplicates: u64,
     out_of_order: u64,
@@ -35,12 +38,13 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(senders: usize, run_id: u32) -> Self {
+    pub fn new(expect_from: Vec<usize>, run_id: u32) -> Self {
         Receiver {
             run_tag: format!("lg{run_id:08x}_"),
             latency_us: latency_histogram(),
-            seen: vec![Vec::new(); senders],
-            highest: vec![None; senders],
+            expect_from,
+            expected: 0,
+            seen: HashMap::new(),
             unique: 0,
             duplicates: 0,
             out_of_order: 0,
@@ -49,7 +53,7 @@ impl Receiver {
         }
     }
 
-    /// Reads until it has every message the senders sent, or until `give_up`.
+    /// Reads until it has every message its senders sent, or until `give_up`.
     pub async fn run(
         mut self,
         mut lines: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>,
@@ -57,9 +61,16 @@ impl Receiver {
         give_up: CancellationToken,
     ) -> Receiver {
         let mut expected: Option<u64> = None;
+        let total = |counts: &Option<Arc<Vec<u64>>>, from: &[usize]| {
+            counts
+                .as_ref()
+                .map(|counts| from.iter().map(|&s| counts[s]).sum::<u64>())
+        };
         loop {
-            if expected.is_some_and(|total| self.unique >= total) {
-                return self;
+            if let Some(total) = expected
+                && self.unique >= total
+            {
+                break;
             }
             tokio::select! {
                 // Lines first: the other two are polled only when no line is waiting, instead of
@@ -68,16 +79,18 @@ impl Receiver {
                 line = lines.next() => match line {
                     None => {
                         self.cut_off = true;
-                        return self;
+                        break;
                     }
                     Some(line) => self.observe(line.trim_end()),
                 },
                 _ = sent.changed(), if expected.is_none() => {
-                    expected = sent.borrow().as_ref().map(|counts| counts.iter().sum());
+                    expected = total(&sent.borrow(), &self.expect_from);
                 }
-                _ = give_up.cancelled() => return self,
+                _ = give_up.cancelled() => break,
             }
         }
+        self.expected = total(&sent.borrow(), &self.expect_from).unwrap_or(0);
+        self
     }
 
     fn observe(&mut self, line: &str) {
@@ -104,9 +117,7 @@ impl Receiver {
         ) else {
             return;
         };
-        let Some(bits) = self.seen.get_mut(sender) else {
-            return;
-        };
+        let (bits, highest) = self.seen.entry(sender).or_default();
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if bits.len() <= word {
             bits.resize(word + 1, 0);
@@ -117,10 +128,10 @@ impl Receiver {
         }
         bits[word] |= 1 << bit;
         self.unique += 1;
-        if self.highest[sender].is_some_and(|h| seq < h) {
+        if highest.is_some_and(|h| seq < h) {
             self.out_of_order += 1;
         }
-        self.highest[sender] = self.highest[sender].max(Some(seq));
+        *highest = (*highest).max(Some(seq));
         let latency_us = unix_nanos().saturating_sub(due) / 1_000;
         self.latency_us.saturating_record(latency_us.max(1));
     }
@@ -129,6 +140,7 @@ impl Receiver {
 #[derive(Serialize)]
 pub struct Report {
     endpoints: usize,
+    rooms: usize,
     members: usize,
     sse_members: usize,
     senders: usize,
@@ -163,18 +175,20 @@ impl Report {
         let mut latency = latency_histogram();
         let (mut deliveries, mut duplicates, mut out_of_order, mut errors, mut cut_off) =
             (0, 0, 0, 0, 0);
+        let mut expected = 0;
         for r in &receivers {
             latency.add(&r.latency_us).expect("same bounds");
+            expected += r.expected;
             deliveries += r.unique;
             duplicates += r.duplicates;
             out_of_order += r.out_of_order;
             errors += r.errors;
             cut_off += u64::from(r.cut_off);
         }
-        let expected = sent * receivers.len() as u64;
         let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
         Report {
             endpoints: args.endpoints.len(),
+            rooms: args.rooms,
             members: args.members,
             sse_members: args.sse_members,
             senders: args.senders,
@@ -186,7 +200,7 @@ impl Report {
             expected_deliveries: expected,
             deliveries_per_sec: deliveries as f64
                 / total.as_secs_f64().max(send_window.as_secs_f64()),
-            lost: expected - deliveries,
+            lost: expected.saturating_sub(deliveries),
             duplicates,
             out_of_order,
             errors,
@@ -203,11 +217,11 @@ impl Report {
     pub fn text(&self) -> String {
         let r = self;
         format!(
-            "members {} TCP + {} SSE, senders {} TCP + {} HTTP, over {} TCP endpoint(s), target {} msg/s\n\
+            "members {} TCP + {} SSE in {} room(s), senders {} TCP + {} HTTP, over {} TCP endpoint(s), target {} msg/s\n\
              sent {} ({:.0} msg/s), delivered {}/{} ({:.0} deliveries/s)\n\
              lost {}, duplicates {}, out of order {}, errors {}, members cut off {}\n\
              latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            r.members, r.sse_members, r.senders, r.http_senders, r.endpoints, r.target_rate,
+            r.members, r.sse_members, r.rooms, r.senders, r.http_senders, r.endpoints, r.target_rate,
             r.sent, r.send_rate, r.deliveries, r.expected_deliveries, r.deliveries_per_sec,
             r.lost, r.duplicates, r.out_of_order, r.errors, r.cut_off,
             r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,

@@ -1,4 +1,5 @@
-//! A minimal netcat-protocol client: log in, join a room.
+//! Minimal line-protocol clients: this server's (log in, join a room), and IRC's (register, join
+//! a channel), for running the same workload against an IRC server.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,6 +64,49 @@ impl Member {
             while member.line().await? != "---" {}
         }
         Ok(member)
+    }
+
+    /// Connects to an IRC server, registers as `nick` and joins `channel` (reading past its
+    /// names list).
+    pub async fn join_irc(addr: SocketAddr, nick: String, channel: &str) -> anyhow::Result<Member> {
+        tokio::time::timeout(SETUP_TIMEOUT, Self::join_irc_inner(addr, &nick, channel))
+            .await
+            .with_context(|| format!("{nick}: IRC setup timed out"))?
+    }
+
+    async fn join_irc_inner(addr: SocketAddr, nick: &str, channel: &str) -> anyhow::Result<Member> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        let mut member = Member {
+            reader: BufReader::with_capacity(64 * 1024, read),
+            writer,
+        };
+        member
+            .send(&format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r"))
+            .await?;
+        member.irc_until("001").await?;
+        member.send(&format!("JOIN {channel}\r")).await?;
+        member.irc_until("366").await?;
+        Ok(member)
+    }
+
+    /// Reads IRC lines until the reply `numeric`, answering pings meanwhile.
+    async fn irc_until(&mut self, numeric: &str) -> anyhow::Result<()> {
+        loop {
+            let line = self.line().await?;
+            // ":server 001 nick :text": the reply's number is the second word.
+            let reply = line.split(' ').nth(1);
+            if let Some(token) = line.strip_prefix("PING ") {
+                self.send(&format!("PONG {token}\r")).await?;
+            } else if reply == Some(numeric) {
+                return Ok(());
+            } else if line.starts_with("ERROR") || reply == Some("433") {
+                bail!("the IRC server refused: {line}");
+            }
+        }
     }
 
     pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
