@@ -30,20 +30,24 @@ impl Member {
             .with_context(|| format!("{nick}: setup timed out"))?
     }
 
-    async fn join_inner(
-        addr: SocketAddr,
-        nick: &str,
-        room: Option<&str>,
-    ) -> anyhow::Result<Member> {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Member> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let (read, writer) = stream.into_split();
-        let mut member = Member {
+        Ok(Member {
             reader: BufReader::with_capacity(64 * 1024, read),
             writer,
-        };
+        })
+    }
+
+    async fn join_inner(
+        addr: SocketAddr,
+        nick: &str,
+        room: Option<&str>,
+    ) -> anyhow::Result<Member> {
+        let mut member = Member::connect(addr).await?;
         member.expect_line("Welcome to Baby Discord!").await?;
         let mut prompt = [0; PROMPT.len()];
         member.reader.read_exact(&mut prompt).await?;
@@ -75,15 +79,7 @@ impl Member {
     }
 
     async fn join_irc_inner(addr: SocketAddr, nick: &str, channel: &str) -> anyhow::Result<Member> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
-        let mut member = Member {
-            reader: BufReader::with_capacity(64 * 1024, read),
-            writer,
-        };
+        let mut member = Member::connect(addr).await?;
         member
             .send(&format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r"))
             .await?;
