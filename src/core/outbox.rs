@@ -33,7 +33,8 @@ struct Queue {
     senders: AtomicUsize,
     /// Woken when deliveries arrive or the last sender goes (one receiver: a stored permit).
     arrived: Notify,
-    /// Wakes every catch-up waiting for room when the receiver takes deliveries out or goes.
+    /// Wakes every catch-up waiting for room when the receiver takes deliveries out, goes, or is
+    /// found too slow.
     taken: Notify,
     /// Set when the queue overflowed: the receiver must be disconnected.
     too_slow: AtomicBool,
@@ -55,16 +56,21 @@ impl Queue {
     }
 
     async fn found_too_slow(&self) {
-        loop {
-            // Registered before the flag is read, so a mark in between is not missed.
-            let notified = self.slow.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_too_slow() {
-                return;
-            }
-            notified.await;
+        wait_until(&self.slow, || self.is_too_slow()).await
+    }
+}
+
+/// Waits until `done`, looked at again each time `notify` wakes its waiters. Registered before
+/// each look, so a wake-up in between is not missed.
+async fn wait_until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
         }
+        notified.await;
     }
 }
 
@@ -188,21 +194,9 @@ impl Outbox {
     /// too when it is gone.
     pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
         let n = n.min(self.queue.capacity);
-        let made_room = async {
-            loop {
-                // Registered before the queue is looked at, so a take in between is not missed.
-                let taken = self.queue.taken.notified();
-                tokio::pin!(taken);
-                taken.as_mut().enable();
-                if !self.is_open() || self.queue.room_left() >= n {
-                    return;
-                }
-                tokio::select! {
-                    _ = taken => {}
-                    _ = self.queue.found_too_slow() => {}
-                }
-            }
-        };
+        let made_room = wait_until(&self.queue.taken, || {
+            !self.is_open() || self.queue.room_left() >= n
+        });
         let in_time = tokio::time::timeout(limit, made_room).await.is_ok();
         if !in_time && !self.queue.receiver_gone.load(Ordering::Acquire) {
             self.mark_too_slow();
@@ -214,6 +208,7 @@ impl Outbox {
         if !self.queue.too_slow.swap(true, Ordering::AcqRel) {
             self.queue.slow.notify_waiters();
             self.queue.arrived.notify_one();
+            self.queue.taken.notify_waiters();
             metrics::counter!(metric::DROPPED, "reason" => "slow_consumer").increment(1);
         }
     }
