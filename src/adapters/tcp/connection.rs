@@ -151,19 +151,22 @@ impl Connection {
         let mut events = Vec::new();
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
-        let shutdown = self.shutdown.clone();
-        let kicked = session.kicked.clone();
+        // Made once, not at every turn of the loop: each one made registers a waiter with its
+        // token, and the shutdown token is shared by every connection of the pod.
+        let shutdown = self.shutdown.clone().cancelled_owned();
+        let kicked = session.kicked.clone().cancelled_owned();
+        tokio::pin!(shutdown, kicked);
         loop {
             let step = tokio::select! {
                 // Events first: a busy room must not be starved by a client that keeps typing.
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     // Every message the client sent is answered — echoed or refused — before the
                     // drain notice: an acknowledgement in flight is not dropped.
                     Box::pin(self.settle(session, &mut in_flight, &mut inbox)).await;
                     Err(End::Shutdown)
                 }
-                _ = kicked.cancelled() => Err(End::Kicked),
+                _ = &mut kicked => Err(End::Kicked),
                 received = inbox.recv_many(&mut events, WRITE_BATCH) => match received {
                     // The queue ended: the client was found too slow (the session's own outbox
                     // keeps it from ending otherwise).
@@ -323,7 +326,15 @@ impl Connection {
 
     /// Writes bytes unless the connection is being stopped meanwhile (shutdown, or too slow: a
     /// client that stopped reading must not hold this task in a write forever).
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+    async fn write(&mut self, mut bytes: &[u8]) -> Result<(), End> {
+        // Most writes fit in the socket's buffer: one is tried at once, without the futures
+        // below (a shutdown or too-slow signal is then seen at the next turn of the loop).
+        match self.stream.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(End::Client),
+        }
         if self.draining {
             return match tokio::time::timeout(NOTICE_TIMEOUT, self.stream.write_all(bytes)).await {
                 Ok(Ok(())) => Ok(()),
