@@ -336,6 +336,41 @@ async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arr
 }
 
 #[tokio::test]
+async fn dms_pushed_while_a_replica_was_unsubscribed_arrive_once_and_in_order() {
+    let cluster = cluster(2).await;
+    let (mut ann, mut bob) = cluster.one_on_each_replica("lounge", "ann", "bob").await;
+    ann.send("/dm bob d0").await;
+    ann.expect("[DM to bob] d0").await;
+    bob.expect("[DM from ann] d0").await;
+    // Every pod's subscription is dropped; until it reconnects and subscribes again, what is
+    // pushed on the bus never reaches it. DMs are kept in no store: only the bus's stream can
+    // give them back.
+    let killed = cluster.valkey.command("CLIENT KILL TYPE pubsub");
+    assert_eq!(killed, ":2", "both replicas were subscribed");
+    for n in 1..=3 {
+        ann.send(&format!("/dm bob d{n}")).await;
+        ann.expect(&format!("[DM to bob] d{n}")).await;
+    }
+    ann.send("/dm bob last").await;
+    let mut got = Vec::new();
+    while got.last().is_none_or(|line| line != "[DM from ann] last") {
+        let line = bob.line().await;
+        if !line.starts_with("[system]") {
+            got.push(line);
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            "[DM from ann] d1",
+            "[DM from ann] d2",
+            "[DM from ann] d3",
+            "[DM from ann] last"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_message_committed_but_never_published_reaches_every_replica_from_the_store_in_order() {
     let cluster = cluster(2).await;
     let (mut ann, mut bob) = cluster.one_on_each_replica("gaps", "ann", "bob").await;

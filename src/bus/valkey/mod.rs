@@ -1,8 +1,9 @@
 //! The Valkey (Redis-protocol) bus, presence and session store: what makes N replicas one chat
 //! server.
 //!
-//! - [`stream`]: envelopes travel on one Valkey stream (`bus`, capped), which every pod reads
-//!   from its last entry id. A reader that fell behind or reconnected goes on from where it was;
+//! - [`stream`]: envelopes travel on one Valkey stream (`bus`, capped), each entry also pushed to
+//!   every pod over pub/sub with the id of the entry before it. A pod that finds it missed some
+//!   (it fell behind or reconnected) reads them back from the stream, from its last entry id;
 //!   when entries may have been lost (a Valkey restart, a trim past the reader) the core is told
 //!   to resync, and repairs from the sources of truth.
 //! - [`presence`]: nickname claims (`nick:<name>`) and who is in which room, renewed by a
@@ -39,7 +40,7 @@ fn failed(doing: &'static str) -> impl FnOnce(fred::error::Error) -> BusError {
 pub struct ValkeyBus {
     /// Commands, pipelined on one connection.
     client: Client,
-    /// The stream reader's own connection: its blocking reads would hold up other commands.
+    /// The bus's subscription: a subscribed connection takes no other commands.
     reader: Client,
     instance: String,
     presence_ttl: Duration,
@@ -49,7 +50,9 @@ pub struct ValkeyBus {
     revoked: Mutex<Option<mpsc::UnboundedSender<SessionId>>>,
 }
 
-fn new_client(url: &str, command_timeout: Duration) -> Result<Client, BusError> {
+/// A client; `pushes`: how many pub/sub messages it holds for a slow taker (fred's default, 32,
+/// for one that subscribes to nothing).
+fn new_client(url: &str, pushes: Option<usize>) -> Result<Client, BusError> {
     let config = Config::from_url(url).map_err(failed("VALKEY_URL"))?;
     let mut builder = Builder::from_config(config);
     // Keep trying for ever: the pod stays up (not ready) through a Valkey outage.
@@ -57,7 +60,12 @@ fn new_client(url: &str, command_timeout: Duration) -> Result<Client, BusError> 
     builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(5));
     // Without it a command issued while Valkey is unreachable waits for the reconnect, however
     // long: a user's /list would hang, and so would a drain.
-    builder.with_performance_config(|c| c.default_command_timeout = command_timeout);
+    builder.with_performance_config(|c| {
+        c.default_command_timeout = COMMAND_TIMEOUT;
+        if let Some(pushes) = pushes {
+            c.broadcast_channel_capacity = pushes;
+        }
+    });
     builder
         .build()
         .map_err(failed("building the Valkey client"))
@@ -69,8 +77,8 @@ impl ValkeyBus {
         instance: &str,
         presence_ttl: Duration,
     ) -> Result<Arc<ValkeyBus>, BusError> {
-        let client = new_client(url, COMMAND_TIMEOUT)?;
-        let reader = new_client(url, stream::BLOCK + COMMAND_TIMEOUT)?;
+        let client = new_client(url, None)?;
+        let reader = new_client(url, Some(stream::PUSH_BUFFER))?;
         client
             .init()
             .await

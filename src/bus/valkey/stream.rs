@@ -1,19 +1,26 @@
-//! Envelopes between pods, on one capped Valkey stream.
+//! Envelopes between pods, on one capped Valkey stream whose entries are also pushed to every
+//! pod over pub/sub.
 //!
-//! One entry per publish call (a commit batch is one entry), carrying the publishing pod's name
-//! and the envelopes as JSON. Every pod reads every entry after the last one it read, so a pod
-//! that was slow, or briefly disconnected, misses nothing. Entries can still be lost — Valkey
-//! restarted without persistence, or the stream was trimmed past a reader that fell far behind
-//! — and then the core is told to resync ([`Inbound::Resync`]).
+//! One entry per publish call (a commit batch is one entry), carrying the publishing pod's name,
+//! the envelopes as JSON and the id of the entry before it. One script appends the entry and
+//! pushes it, so the pushes come in the stream's order. A pod takes the pushes as they come — no
+//! request per entry, as a blocking stream read costs (docs/BENCHMARKS.md §11) — and checks each
+//! against the chain: an entry whose predecessor is not the last one the pod took means it
+//! missed some (it reconnected, or overflowed its push buffer), and it reads them back from the
+//! stream, in order, before going on. A push lost with nothing after it is found by a probe of
+//! the newest id. So a pod that was slow, or briefly disconnected, misses nothing. Entries can
+//! still be lost — Valkey restarted without persistence, or the stream was trimmed past a reader
+//! that fell far behind — and then the core is told to resync ([`Inbound::Resync`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::streams::XReadResponse;
+use fred::types::scripts::Script;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,20 +29,41 @@ use crate::core::model::Envelope;
 use crate::core::ports::{Bus, BusError, Inbound};
 
 const STREAM: &str = "bus";
+/// The newest entry's id: the predecessor the next entry records.
+const NEWEST: &str = "bus:newest";
+/// Where entries are pushed.
+const CHANNEL: &str = "bus";
 /// A random id of the stream's incarnation: a changed or missing one means Valkey lost it.
 const STREAM_EPOCH: &str = "bus:epoch";
 /// Entries kept (about): at thousands of messages a second, tens of seconds for a reader to
 /// catch up after a hiccup, a few tens of MB of memory.
 const STREAM_CAP: i64 = 100_000;
-/// Entries per read.
+/// Entries per read when catching up.
 const READ_COUNT: u64 = 1_024;
-/// How long one read blocks waiting for entries.
-pub(super) const BLOCK: Duration = Duration::from_secs(2);
+/// Pushes received and not yet taken, at most; past it the oldest are dropped, and read back
+/// from the stream. (fred makes each of a client's notification channels this size up front.)
+pub(super) const PUSH_BUFFER: usize = 1_024;
+/// How often the newest id is looked at, for a lost push with nothing after it.
+const PROBE: Duration = Duration::from_secs(2);
+/// After a failed subscribe or read, how long before the next try.
+const RETRY: Duration = Duration::from_millis(200);
 /// Envelopes handed to the core but not yet taken, at most: past this the reader waits (and
 /// Valkey holds the rest), rather than the pod buffering without bound.
 const INBOUND: usize = 8_192;
 
-type Entries = XReadResponse<String, String, String, Bytes>;
+/// Appends an entry after the newest, records it as the newest and pushes it as
+/// `prev \n id \n envelopes \n pod` (JSON has no raw line break; the pod's name comes last, so it
+/// may hold anything). KEYS: stream, newest. ARGV: pod, envelopes, cap, channel.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"local prev = redis.call('GET', KEYS[2]) or '0-0'
+          local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                                'pod', ARGV[1], 'e', ARGV[2], 'p', prev)
+          redis.call('SET', KEYS[2], id)
+          redis.call('PUBLISH', ARGV[4], prev .. '\n' .. id .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
+          return id",
+    )
+});
 
 #[async_trait]
 impl Bus for ValkeyBus {
@@ -53,16 +81,15 @@ impl Bus for ValkeyBus {
             return Ok(());
         }
         let payload = serde_json::to_vec(envelopes).expect("envelopes serialize");
-        let _: String = self
-            .client
-            .xadd(
-                STREAM,
-                false,
-                ("MAXLEN", "~", STREAM_CAP),
-                "*",
+        let _: String = APPEND
+            .evalsha_with_reload(
+                &self.client,
+                vec![STREAM, NEWEST],
                 vec![
-                    ("pod", Bytes::from(self.instance.clone())),
-                    ("e", Bytes::from(payload)),
+                    Bytes::from(self.instance.clone()),
+                    Bytes::from(payload),
+                    Bytes::from(STREAM_CAP.to_string()),
+                    Bytes::from_static(CHANNEL.as_bytes()),
                 ],
             )
             .await
@@ -77,9 +104,63 @@ impl Bus for ValkeyBus {
     }
 }
 
+/// Where a pod is in the stream: the last entry it took, in which incarnation of the stream.
+struct Position {
+    last: String,
+    epoch: String,
+}
+
+/// Why reading stopped short.
+enum Halt {
+    Failed(BusError),
+    /// The core stopped listening: the pod is stopping.
+    CoreGone,
+}
+
+/// What to do with an entry, given the last one taken.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// It follows the last one taken.
+    Take,
+    /// Taken already (read back from the stream before its push came).
+    Seen,
+    /// Entries between the last one taken and this one were missed: read them back first.
+    Missed,
+}
+
+fn next(last: &str, prev: &str, id: &str) -> Next {
+    if !id_after(id, last) {
+        Next::Seen
+    } else if prev == last {
+        Next::Take
+    } else {
+        Next::Missed
+    }
+}
+
+/// A pushed entry: `prev \n id \n envelopes \n pod`.
+struct Push<'a> {
+    prev: &'a str,
+    id: &'a str,
+    envelopes: &'a [u8],
+    pod: &'a [u8],
+}
+
+impl<'a> Push<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Push<'a>> {
+        let mut parts = bytes.splitn(4, |b| *b == b'\n');
+        Some(Push {
+            prev: std::str::from_utf8(parts.next()?).ok()?,
+            id: std::str::from_utf8(parts.next()?).ok()?,
+            envelopes: parts.next()?,
+            pod: parts.next()?,
+        })
+    }
+}
+
 impl ValkeyBus {
-    /// Reads every entry other pods publish, in order, until `shutdown` or until the core stops
-    /// listening.
+    /// Hands every entry other pods publish to the core, in order, until `shutdown` or until the
+    /// core stops listening.
     pub(super) async fn read_stream(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(inbound) = self
             .inbound
@@ -89,124 +170,199 @@ impl ValkeyBus {
         else {
             return;
         };
-        // Where reading starts, and which incarnation of the stream that is in.
-        let mut position: Option<(String, String)> = None;
-        let mut broken = false;
-        // A read in flight when the connection drops may be sent again on the new one and answer
-        // as if nothing happened: reconnections are watched too.
+        let mut pushes = self.reader.message_rx();
         let mut reconnects = self.reader.reconnect_rx();
+        let mut probe = tokio::time::interval(PROBE);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // None until the first subscription: reading starts after the newest entry then.
+        let mut position: Option<Position> = None;
+        let (mut subscribed, mut behind, mut failing) = (false, false, false);
         loop {
-            let (last, epoch) = match &position {
-                Some(position) => position.clone(),
-                None => match shutdown.run_until_cancelled(self.start_position()).await {
-                    None => return,
-                    Some(Ok(start)) => {
-                        position = Some(start.clone());
-                        start
+            // Back in the chain before taking pushes: subscribed (again), then caught up.
+            if !subscribed || behind {
+                let recovered = shutdown
+                    .run_until_cancelled(self.recover(&mut position, subscribed, &inbound))
+                    .await;
+                match recovered {
+                    None | Some(Err(Halt::CoreGone)) => return,
+                    Some(Ok(())) => {
+                        (subscribed, behind, failing) = (true, false, false);
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "reading the bus failed; retrying");
-                        broken = true;
+                    Some(Err(Halt::Failed(e))) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "reading the bus failed; retrying");
+                        }
+                        failing = true;
                         shutdown
-                            .run_until_cancelled(tokio::time::sleep(Duration::from_millis(200)))
+                            .run_until_cancelled(tokio::time::sleep(RETRY))
                             .await;
                         continue;
                     }
-                },
-            };
-            let read = self.reader.xread::<Value, _, _>(
-                Some(READ_COUNT),
-                Some(BLOCK.as_millis() as u64),
-                STREAM,
-                last.as_str(),
-            );
-            // A read that waited out its block with nothing new answers nil.
-            let entries: Entries = match shutdown.run_until_cancelled(read).await {
-                None => return,
-                Some(Ok(Value::Null)) => Entries::default(),
-                Some(Ok(value)) => match value.into_xread_response() {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an undecodable read of the bus");
-                        continue;
-                    }
-                },
-                Some(Err(e)) => {
-                    if !broken {
-                        tracing::warn!(error = %e, "reading the bus failed; retrying");
-                    }
-                    broken = true;
-                    shutdown
-                        .run_until_cancelled(tokio::time::sleep(Duration::from_millis(200)))
-                        .await;
-                    continue;
                 }
-            };
-            while reconnects.try_recv().is_ok() {
-                broken = true;
             }
-            if broken {
-                broken = false;
-                // Back after a break: if Valkey lost the stream meanwhile, start over on the new
-                // one. Either way, what was in flight may be gone: the core resyncs.
-                let state_lost = match self.epoch().await {
-                    Ok(now) if now != epoch => {
-                        position = Some(("0-0".into(), now));
-                        true
-                    }
-                    Ok(_) => false,
-                    Err(_) => {
-                        position = None;
-                        false
-                    }
-                };
-                tracing::info!(state_lost, "reading the bus again; resyncing");
-                if inbound.send(Inbound::Resync { state_lost }).await.is_err() {
-                    return;
-                }
+            let Some(at) = position.as_mut() else {
                 continue;
-            }
-            let mut read = 0;
-            for (id, fields) in entries.into_values().flatten() {
-                read += 1;
-                if let Some(position) = &mut position {
-                    position.0 = id;
-                }
-                if fields
-                    .get("pod")
-                    .is_some_and(|pod| pod.as_ref() == self.instance.as_bytes())
-                {
-                    continue;
-                }
-                for envelope in decode(&fields) {
-                    if inbound.send(Inbound::Envelope(envelope)).await.is_err() {
-                        return;
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                push = pushes.recv() => match push {
+                    Ok(message) => {
+                        let Some(push) = message.value.as_bytes().and_then(Push::parse) else {
+                            tracing::warn!("an undecodable push on the bus");
+                            continue;
+                        };
+                        match next(&at.last, push.prev, push.id) {
+                            Next::Seen => {}
+                            Next::Missed => behind = true,
+                            Next::Take => {
+                                at.last = push.id.to_owned();
+                                if !self.hand_over(push.pod, push.envelopes, &inbound).await {
+                                    return;
+                                }
+                            }
+                        }
                     }
-                }
-            }
-            if read == READ_COUNT as usize && self.trimmed_past(&position).await {
-                tracing::warn!("the bus was trimmed past this reader; resyncing");
-                let resync = Inbound::Resync { state_lost: false };
-                if inbound.send(resync).await.is_err() {
-                    return;
+                    // More pushes came than the buffer holds: the oldest were dropped.
+                    Err(RecvError::Lagged(_)) => behind = true,
+                    Err(RecvError::Closed) => return,
+                },
+                reconnect = reconnects.recv() => match reconnect {
+                    // The subscription went with the connection, and pushes with it.
+                    Ok(_) | Err(RecvError::Lagged(_)) => subscribed = false,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = probe.tick() => {
+                    if let Ok(newest) = self.newest().await && id_after(&newest, &at.last) {
+                        behind = true;
+                    }
                 }
             }
         }
     }
 
-    /// The newest entry id (reading starts after it) and the stream's epoch.
-    async fn start_position(&self) -> Result<(String, String), BusError> {
+    /// Subscribes unless `subscribed`, then reads back from the stream what came after the last
+    /// entry taken. Subscribing first means nothing published meanwhile is missed: what is both
+    /// pushed and read back is taken once. After a resubscription the core resyncs: what was in
+    /// flight may be gone — and if Valkey lost the stream, reading starts over on the new one.
+    async fn recover(
+        &self,
+        position: &mut Option<Position>,
+        subscribed: bool,
+        inbound: &mpsc::Sender<Inbound>,
+    ) -> Result<(), Halt> {
+        if !subscribed {
+            self.reader
+                .subscribe(CHANNEL)
+                .await
+                .map_err(|e| Halt::Failed(failed("subscribing to the bus")(e)))?;
+            match position {
+                None => {
+                    let epoch = self.epoch().await.map_err(Halt::Failed)?;
+                    let last = self.newest().await.map_err(Halt::Failed)?;
+                    *position = Some(Position { last, epoch });
+                }
+                Some(at) => {
+                    let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
+                    tracing::info!(state_lost, "reading the bus again; resyncing");
+                    let resync = Inbound::Resync { state_lost };
+                    inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
+                }
+            }
+        }
+        match position {
+            Some(at) => self.catch_up(at, inbound).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the entries after the last one taken, page by page, until the newest.
+    async fn catch_up(
+        &self,
+        at: &mut Position,
+        inbound: &mpsc::Sender<Inbound>,
+    ) -> Result<(), Halt> {
+        loop {
+            let entries: Vec<(String, HashMap<String, Bytes>)> = self
+                .client
+                .xrange(STREAM, format!("({}", at.last), "+", Some(READ_COUNT))
+                .await
+                .map_err(|e| Halt::Failed(failed("reading the bus")(e)))?;
+            let read = entries.len();
+            for (id, fields) in entries {
+                let prev = fields.get("p").map_or(&b""[..], |p| p.as_ref());
+                if prev != at.last.as_bytes() {
+                    // The entries between were trimmed away, or lost with Valkey's state.
+                    let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
+                    tracing::warn!(
+                        state_lost,
+                        "entries of the bus were lost to this reader; resyncing"
+                    );
+                    let resync = Inbound::Resync { state_lost };
+                    inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
+                    if state_lost {
+                        // A new stream: read it from its start.
+                        return Box::pin(self.catch_up(at, inbound)).await;
+                    }
+                }
+                at.last = id;
+                let (Some(pod), Some(envelopes)) = (fields.get("pod"), fields.get("e")) else {
+                    continue;
+                };
+                if !self.hand_over(pod, envelopes, inbound).await {
+                    return Err(Halt::CoreGone);
+                }
+            }
+            if read < READ_COUNT as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands an entry's envelopes to the core, unless this pod published them (the core
+    /// delivered those itself). False when the core stopped listening.
+    async fn hand_over(
+        &self,
+        pod: &[u8],
+        envelopes: &[u8],
+        inbound: &mpsc::Sender<Inbound>,
+    ) -> bool {
+        if pod == self.instance.as_bytes() {
+            return true;
+        }
+        let envelopes: Vec<Envelope> = serde_json::from_slice(envelopes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "undecodable bus entry");
+            Vec::new()
+        });
+        for envelope in envelopes {
+            if inbound.send(Inbound::Envelope(envelope)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether Valkey lost the stream since `at` was taken; if so, reading starts over on the
+    /// new one, from its first entry.
+    async fn stream_lost(&self, at: &mut Position) -> Result<bool, BusError> {
         let epoch = self.epoch().await?;
-        let newest: Vec<(String, HashMap<String, Bytes>)> = self
+        if epoch == at.epoch {
+            return Ok(false);
+        }
+        *at = Position {
+            last: "0-0".into(),
+            epoch,
+        };
+        Ok(true)
+    }
+
+    /// The newest entry's id ("0-0" before the first).
+    async fn newest(&self) -> Result<String, BusError> {
+        let newest: Option<String> = self
             .client
-            .xrevrange(STREAM, "+", "-", Some(1))
+            .get(NEWEST)
             .await
             .map_err(failed("reading the bus"))?;
-        let last = newest
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
-        Ok((last, epoch))
+        Ok(newest.unwrap_or_else(|| "0-0".to_owned()))
     }
 
     /// The stream's epoch, made now if it has none (a new or restarted Valkey).
@@ -228,21 +384,6 @@ impl ValkeyBus {
             .await
             .map_err(failed("reading the bus epoch"))
     }
-
-    /// Whether entries after `position` were trimmed away before this pod read them.
-    async fn trimmed_past(&self, position: &Option<(String, String)>) -> bool {
-        let Some((last, _)) = position else {
-            return false;
-        };
-        let info: HashMap<String, Value> = match self.client.xinfo_stream(STREAM, false, None).await
-        {
-            Ok(info) => info,
-            Err(_) => return false,
-        };
-        // The newest entry trimmed away: past what this pod read means lost to it.
-        let deleted = info.get("max-deleted-entry-id").and_then(Value::as_string);
-        deleted.is_some_and(|deleted| id_after(&deleted, last))
-    }
 }
 
 /// Whether stream id `a` comes after `b` (ids are `millis-seq`).
@@ -257,12 +398,26 @@ fn id_after(a: &str, b: &str) -> bool {
     }
 }
 
-fn decode(fields: &HashMap<String, Bytes>) -> Vec<Envelope> {
-    let Some(payload) = fields.get("e") else {
-        return Vec::new();
-    };
-    serde_json::from_slice(payload).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "undecodable bus entry");
-        Vec::new()
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_taken_only_right_after_the_last_one() {
+        assert_eq!(next("5-0", "5-0", "6-0"), Next::Take);
+        assert_eq!(next("5-0", "5-1", "6-0"), Next::Missed);
+        assert_eq!(next("5-0", "4-0", "5-0"), Next::Seen);
+        assert_eq!(next("5-0", "3-0", "4-0"), Next::Seen);
+        // The first entry of a stream follows "0-0".
+        assert_eq!(next("0-0", "0-0", "1-0"), Next::Take);
+    }
+
+    #[test]
+    fn a_push_keeps_whatever_the_pod_name_holds() {
+        let push = Push::parse(b"1-0\n2-0\n[{\"a\":1}]\npod\nwith\nbreaks").unwrap();
+        assert_eq!((push.prev, push.id), ("1-0", "2-0"));
+        assert_eq!(push.envelopes, b"[{\"a\":1}]");
+        assert_eq!(push.pod, b"pod\nwith\nbreaks");
+        assert!(Push::parse(b"1-0\n2-0").is_none());
+    }
 }

@@ -88,6 +88,16 @@ impl Valkey {
         }
     }
 
+    /// Runs one command (inline syntax) and returns the first line of its reply.
+    pub fn command(&self, command: &str) -> String {
+        use std::io::Write;
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        conn.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(conn).read_line(&mut reply).unwrap();
+        reply.trim_end().to_owned()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
