@@ -368,6 +368,31 @@ async fn dms_pushed_while_a_replica_was_unsubscribed_arrive_once_and_in_order() 
             "[DM from ann] last"
         ]
     );
+    // Nothing came twice: the next line is the next DM.
+    ann.send("/dm bob end").await;
+    bob.expect("[DM from ann] end").await;
+}
+
+#[tokio::test]
+async fn an_entry_nobody_pushed_is_read_back_before_the_next_one() {
+    let cluster = cluster(2).await;
+    let (mut ann, mut bob) = cluster.one_on_each_replica("lounge", "ann", "bob").await;
+    ann.send("/dm bob d0").await;
+    ann.expect("[DM to bob] d0").await;
+    bob.expect("[DM from ann] d0").await;
+    // An entry written straight to the stream, as a pod of the previous version writes them:
+    // no predecessor recorded and no push. The next pushed entry names it as its predecessor, so
+    // the pods read it back, and hand it over first.
+    let added = cluster.valkey.command(
+        r#"XADD bus * pod old e '[{"Dm":{"from":"ann","to":"bob","content":"unpushed"}}]'"#,
+    );
+    assert!(!added.starts_with('-'), "{added}");
+    ann.send("/dm bob pushed").await;
+    ann.expect("[DM to bob] pushed").await;
+    bob.expect("[DM from ann] unpushed").await;
+    bob.expect("[DM from ann] pushed").await;
+    ann.send("/dm bob end").await;
+    bob.expect("[DM from ann] end").await;
 }
 
 #[tokio::test]

@@ -57,7 +57,19 @@ fn new_client(url: &str, pushes: Option<usize>) -> Result<Client, BusError> {
     let mut builder = Builder::from_config(config);
     // Keep trying for ever: the pod stays up (not ready) through a Valkey outage.
     builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-    builder.with_connection_config(|c| c.connection_timeout = Duration::from_secs(5));
+    builder.with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(5);
+        if pushes.is_some() {
+            // A subscribed connection sends nothing: without keepalives, one cut off without a
+            // reset would wait for pushes for ever (the probe would still find the entries).
+            // With the kernel's 9 probes, a dead one is dropped, and renewed, within ~25 s.
+            c.tcp.keepalive = Some(
+                fred::socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(5))
+                    .with_interval(Duration::from_secs(2)),
+            );
+        }
+    });
     // Without it a command issued while Valkey is unreachable waits for the reconnect, however
     // long: a user's /list would hang, and so would a drain.
     builder.with_performance_config(|c| {

@@ -6,11 +6,13 @@
 //! pushes it, so the pushes come in the stream's order. A pod takes the pushes as they come — no
 //! request per entry, as a blocking stream read costs (docs/BENCHMARKS.md §11) — and checks each
 //! against the chain: an entry whose predecessor is not the last one the pod took means it
-//! missed some (it reconnected, or overflowed its push buffer), and it reads them back from the
-//! stream, in order, before going on. A push lost with nothing after it is found by a probe of
-//! the newest id. So a pod that was slow, or briefly disconnected, misses nothing. Entries can
-//! still be lost — Valkey restarted without persistence, or the stream was trimmed past a reader
-//! that fell far behind — and then the core is told to resync ([`Inbound::Resync`]).
+//! missed some (it overflowed its push buffer, or a pod of the previous version, which pushes
+//! nothing, wrote them), and it reads them back from the stream, in order, before going on. An
+//! entry still not taken a probe interval after it was seen in the stream is read back too. So
+//! a pod that was slow misses nothing; one that reconnected reads back what it missed, and the
+//! core resyncs anyway (what was in flight may be gone). Entries can be lost — Valkey restarted
+//! without persistence, or the stream was trimmed past a reader that fell far behind — and then
+//! the core is told to resync ([`Inbound::Resync`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -29,8 +31,6 @@ use crate::core::model::Envelope;
 use crate::core::ports::{Bus, BusError, Inbound};
 
 const STREAM: &str = "bus";
-/// The newest entry's id: the predecessor the next entry records.
-const NEWEST: &str = "bus:newest";
 /// Where entries are pushed.
 const CHANNEL: &str = "bus";
 /// A random id of the stream's incarnation: a changed or missing one means Valkey lost it.
@@ -43,7 +43,8 @@ const READ_COUNT: u64 = 1_024;
 /// Pushes received and not yet taken, at most; past it the oldest are dropped, and read back
 /// from the stream. (fred makes each of a client's notification channels this size up front.)
 pub(super) const PUSH_BUFFER: usize = 1_024;
-/// How often the newest id is looked at, for a lost push with nothing after it.
+/// How often the newest id is looked at: an entry seen there one interval ago and still not
+/// taken is read back (its push was lost, with nothing after it to show the gap).
 const PROBE: Duration = Duration::from_secs(2);
 /// After a failed subscribe or read, how long before the next try.
 const RETRY: Duration = Duration::from_millis(200);
@@ -51,15 +52,17 @@ const RETRY: Duration = Duration::from_millis(200);
 /// Valkey holds the rest), rather than the pod buffering without bound.
 const INBOUND: usize = 8_192;
 
-/// Appends an entry after the newest, records it as the newest and pushes it as
-/// `prev \n id \n envelopes \n pod` (JSON has no raw line break; the pod's name comes last, so it
-/// may hold anything). KEYS: stream, newest. ARGV: pod, envelopes, cap, channel.
+/// Appends an entry after the stream's newest and pushes it as `prev \n id \n envelopes \n pod`
+/// (JSON has no raw line break; the pod's name comes last, so it may hold anything). The
+/// predecessor is read from the stream itself, so entries written without a push (by a pod of
+/// the previous version, during a rolling upgrade) are in the chain too. KEYS: stream. ARGV: pod,
+/// envelopes, cap, channel.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
-        r"local prev = redis.call('GET', KEYS[2]) or '0-0'
+        r"local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+          local prev = newest[1] and newest[1][1] or '0-0'
           local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
                                 'pod', ARGV[1], 'e', ARGV[2], 'p', prev)
-          redis.call('SET', KEYS[2], id)
           redis.call('PUBLISH', ARGV[4], prev .. '\n' .. id .. '\n' .. ARGV[2] .. '\n' .. ARGV[1])
           return id",
     )
@@ -84,7 +87,7 @@ impl Bus for ValkeyBus {
         let _: String = APPEND
             .evalsha_with_reload(
                 &self.client,
-                vec![STREAM, NEWEST],
+                vec![STREAM],
                 vec![
                     Bytes::from(self.instance.clone()),
                     Bytes::from(payload),
@@ -122,7 +125,8 @@ enum Halt {
 enum Next {
     /// It follows the last one taken.
     Take,
-    /// Taken already (read back from the stream before its push came).
+    /// Not after the last one taken: taken already (read back from the stream before its push
+    /// came).
     Seen,
     /// Entries between the last one taken and this one were missed: read them back first.
     Missed,
@@ -158,6 +162,18 @@ impl<'a> Push<'a> {
     }
 }
 
+/// A pod's reading of the bus, and what it must do before taking pushes again.
+#[derive(Default)]
+struct Reader {
+    /// None until the first subscription: reading starts after the newest entry then.
+    position: Option<Position>,
+    subscribed: bool,
+    /// The subscription was lost and renewed: the core is owed a resync.
+    resync: bool,
+    /// Entries may have been missed: read them back from the stream first.
+    behind: bool,
+}
+
 impl ValkeyBus {
     /// Hands every entry other pods publish to the core, in order, until `shutdown` or until the
     /// core stops listening.
@@ -174,20 +190,18 @@ impl ValkeyBus {
         let mut reconnects = self.reader.reconnect_rx();
         let mut probe = tokio::time::interval(PROBE);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // None until the first subscription: reading starts after the newest entry then.
-        let mut position: Option<Position> = None;
-        let (mut subscribed, mut behind, mut failing) = (false, false, false);
+        // The newest id the last probe saw.
+        let mut probed: Option<String> = None;
+        let mut reader = Reader::default();
+        let mut failing = false;
         loop {
-            // Back in the chain before taking pushes: subscribed (again), then caught up.
-            if !subscribed || behind {
+            if !reader.subscribed || reader.resync || reader.behind {
                 let recovered = shutdown
-                    .run_until_cancelled(self.recover(&mut position, subscribed, &inbound))
+                    .run_until_cancelled(self.recover(&mut reader, &inbound))
                     .await;
                 match recovered {
                     None | Some(Err(Halt::CoreGone)) => return,
-                    Some(Ok(())) => {
-                        (subscribed, behind, failing) = (true, false, false);
-                    }
+                    Some(Ok(())) => failing = false,
                     Some(Err(Halt::Failed(e))) => {
                         if !failing {
                             tracing::warn!(error = %e, "reading the bus failed; retrying");
@@ -200,7 +214,7 @@ impl ValkeyBus {
                     }
                 }
             }
-            let Some(at) = position.as_mut() else {
+            let Some(at) = reader.position.as_mut() else {
                 continue;
             };
             tokio::select! {
@@ -213,7 +227,7 @@ impl ValkeyBus {
                         };
                         match next(&at.last, push.prev, push.id) {
                             Next::Seen => {}
-                            Next::Missed => behind = true,
+                            Next::Missed => reader.behind = true,
                             Next::Take => {
                                 at.last = push.id.to_owned();
                                 if !self.hand_over(push.pod, push.envelopes, &inbound).await {
@@ -223,56 +237,61 @@ impl ValkeyBus {
                         }
                     }
                     // More pushes came than the buffer holds: the oldest were dropped.
-                    Err(RecvError::Lagged(_)) => behind = true,
+                    Err(RecvError::Lagged(_)) => reader.behind = true,
                     Err(RecvError::Closed) => return,
                 },
                 reconnect = reconnects.recv() => match reconnect {
                     // The subscription went with the connection, and pushes with it.
-                    Ok(_) | Err(RecvError::Lagged(_)) => subscribed = false,
+                    Ok(_) | Err(RecvError::Lagged(_)) => reader.subscribed = false,
                     Err(RecvError::Closed) => return,
                 },
                 _ = probe.tick() => {
-                    if let Ok(newest) = self.newest().await && id_after(&newest, &at.last) {
-                        behind = true;
+                    if probed.as_ref().is_some_and(|seen| id_after(seen, &at.last)) {
+                        reader.behind = true;
                     }
+                    probed = self.newest().await.ok();
                 }
             }
         }
     }
 
-    /// Subscribes unless `subscribed`, then reads back from the stream what came after the last
-    /// entry taken. Subscribing first means nothing published meanwhile is missed: what is both
-    /// pushed and read back is taken once. After a resubscription the core resyncs: what was in
-    /// flight may be gone — and if Valkey lost the stream, reading starts over on the new one.
+    /// Subscribes again if the subscription was lost, resyncs the core if it is owed that, then
+    /// reads back from the stream what came after the last entry taken. Subscribing first means
+    /// nothing published meanwhile is missed: what is both pushed and read back is taken once.
     async fn recover(
         &self,
-        position: &mut Option<Position>,
-        subscribed: bool,
+        reader: &mut Reader,
         inbound: &mpsc::Sender<Inbound>,
     ) -> Result<(), Halt> {
-        if !subscribed {
+        if !reader.subscribed {
             self.reader
                 .subscribe(CHANNEL)
                 .await
                 .map_err(|e| Halt::Failed(failed("subscribing to the bus")(e)))?;
-            match position {
-                None => {
-                    let epoch = self.epoch().await.map_err(Halt::Failed)?;
-                    let last = self.newest().await.map_err(Halt::Failed)?;
-                    *position = Some(Position { last, epoch });
-                }
-                Some(at) => {
-                    let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
-                    tracing::info!(state_lost, "reading the bus again; resyncing");
-                    let resync = Inbound::Resync { state_lost };
-                    inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
-                }
+            reader.subscribed = true;
+            if reader.position.is_none() {
+                let epoch = self.epoch().await.map_err(Halt::Failed)?;
+                let last = self.newest().await.map_err(Halt::Failed)?;
+                reader.position = Some(Position { last, epoch });
+            } else {
+                reader.resync = true;
             }
         }
-        match position {
-            Some(at) => self.catch_up(at, inbound).await,
-            None => Ok(()),
+        let Some(at) = reader.position.as_mut() else {
+            return Ok(());
+        };
+        if reader.resync {
+            let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
+            tracing::info!(state_lost, "reading the bus again; resyncing");
+            let resync = Inbound::Resync { state_lost };
+            inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
+            (reader.resync, reader.behind) = (false, true);
         }
+        if reader.behind {
+            self.catch_up(at, inbound).await?;
+            reader.behind = false;
+        }
+        Ok(())
     }
 
     /// Reads the entries after the last one taken, page by page, until the newest.
@@ -289,8 +308,11 @@ impl ValkeyBus {
                 .map_err(|e| Halt::Failed(failed("reading the bus")(e)))?;
             let read = entries.len();
             for (id, fields) in entries {
-                let prev = fields.get("p").map_or(&b""[..], |p| p.as_ref());
-                if prev != at.last.as_bytes() {
+                // An entry without one was written by a pod of the previous version: chained.
+                let chained = fields
+                    .get("p")
+                    .is_none_or(|p| p.as_ref() == at.last.as_bytes());
+                if !chained {
                     // The entries between were trimmed away, or lost with Valkey's state.
                     let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
                     tracing::warn!(
@@ -342,27 +364,37 @@ impl ValkeyBus {
     }
 
     /// Whether Valkey lost the stream since `at` was taken; if so, reading starts over on the
-    /// new one, from its first entry.
+    /// new one, from its first entry. A stream whose newest entry is before the last one taken
+    /// went back (Valkey restored from a snapshot, or a promoted replica): its next entries could
+    /// have ids already taken, so reading goes on from its newest.
     async fn stream_lost(&self, at: &mut Position) -> Result<bool, BusError> {
         let epoch = self.epoch().await?;
-        if epoch == at.epoch {
-            return Ok(false);
+        if epoch != at.epoch {
+            *at = Position {
+                last: "0-0".into(),
+                epoch,
+            };
+            return Ok(true);
         }
-        *at = Position {
-            last: "0-0".into(),
-            epoch,
-        };
-        Ok(true)
+        let newest = self.newest().await?;
+        if id_after(&at.last, &newest) {
+            at.last = newest;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The newest entry's id ("0-0" before the first).
     async fn newest(&self) -> Result<String, BusError> {
-        let newest: Option<String> = self
+        let newest: Vec<(String, HashMap<String, Bytes>)> = self
             .client
-            .get(NEWEST)
+            .xrevrange(STREAM, "+", "-", Some(1))
             .await
             .map_err(failed("reading the bus"))?;
-        Ok(newest.unwrap_or_else(|| "0-0".to_owned()))
+        Ok(newest
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
     }
 
     /// The stream's epoch, made now if it has none (a new or restarted Valkey).
