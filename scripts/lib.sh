@@ -1,6 +1,6 @@
 # Shared by the scripts that need throwaway services on loopback. Source it; call cleanup_services
 # on exit.
-#   start_postgres PORT DB  -> exports DATABASE_URL
+#   start_postgres PORT DB  -> exports DATABASE_URL (PG_EXTRA_OPTS="-c name=value ...": more settings)
 #   start_valkey PORT       -> exports VALKEY_URL
 #   wait_for_port PORT
 SERVICES_DIR=$(mktemp -d /tmp/baby-discord-services.XXXXXX)
@@ -15,7 +15,7 @@ start_postgres() {
   local port=$1 db=$2
   as_postgres "$PG_BIN/initdb" -D "$SERVICES_DIR/pg" -U postgres -A trust --no-sync >/dev/null
   as_postgres "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg" -l "$SERVICES_DIR/pg.log" -w \
-    -o "-p $port -k $SERVICES_DIR -c listen_addresses=127.0.0.1" start >/dev/null
+    -o "-p $port -k $SERVICES_DIR -c listen_addresses=127.0.0.1 ${PG_EXTRA_OPTS:-}" start >/dev/null
   as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$db"
 }

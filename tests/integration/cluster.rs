@@ -335,13 +335,19 @@ async fn after_a_valkey_restart_delivery_resumes_and_what_was_sent_meanwhile_arr
     );
 }
 
-#[tokio::test]
-async fn dms_pushed_while_a_replica_was_unsubscribed_arrive_once_and_in_order() {
-    let cluster = cluster(2).await;
+/// Ann on replica 0 and bob on replica 1, one DM from ann already through (both pods subscribed).
+async fn past_a_first_dm(cluster: &Cluster) -> (Client, Client) {
     let (mut ann, mut bob) = cluster.one_on_each_replica("lounge", "ann", "bob").await;
     ann.send("/dm bob d0").await;
     ann.expect("[DM to bob] d0").await;
     bob.expect("[DM from ann] d0").await;
+    (ann, bob)
+}
+
+#[tokio::test]
+async fn dms_pushed_while_a_replica_was_unsubscribed_arrive_once_and_in_order() {
+    let cluster = cluster(2).await;
+    let (mut ann, mut bob) = past_a_first_dm(&cluster).await;
     // Every pod's subscription is dropped; until it reconnects and subscribes again, what is
     // pushed on the bus never reaches it. DMs are kept in no store: only the bus's stream can
     // give them back.
@@ -376,10 +382,7 @@ async fn dms_pushed_while_a_replica_was_unsubscribed_arrive_once_and_in_order() 
 #[tokio::test]
 async fn an_entry_nobody_pushed_is_read_back_before_the_next_one() {
     let cluster = cluster(2).await;
-    let (mut ann, mut bob) = cluster.one_on_each_replica("lounge", "ann", "bob").await;
-    ann.send("/dm bob d0").await;
-    ann.expect("[DM to bob] d0").await;
-    bob.expect("[DM from ann] d0").await;
+    let (mut ann, mut bob) = past_a_first_dm(&cluster).await;
     // An entry written straight to the stream, as a pod of the previous version writes them:
     // no predecessor recorded and no push. The next pushed entry names it as its predecessor, so
     // the pods read it back, and hand it over first.
