@@ -174,6 +174,13 @@ struct Reader {
     behind: bool,
 }
 
+impl Reader {
+    /// Whether pushes can be taken: subscribed, placed in the stream, owing nothing.
+    fn ready(&self) -> bool {
+        self.subscribed && self.position.is_some() && !self.resync && !self.behind
+    }
+}
+
 impl ValkeyBus {
     /// Hands every entry other pods publish to the core, in order, until `shutdown` or until the
     /// core stops listening.
@@ -195,7 +202,7 @@ impl ValkeyBus {
         let mut reader = Reader::default();
         let mut failing = false;
         loop {
-            if !reader.subscribed || reader.resync || reader.behind {
+            if !reader.ready() {
                 let recovered = shutdown
                     .run_until_cancelled(self.recover(&mut reader, &inbound))
                     .await;
@@ -214,6 +221,7 @@ impl ValkeyBus {
                     }
                 }
             }
+            // (Ready: it has one.)
             let Some(at) = reader.position.as_mut() else {
                 continue;
             };
@@ -249,7 +257,10 @@ impl ValkeyBus {
                     if probed.as_ref().is_some_and(|seen| id_after(seen, &at.last)) {
                         reader.behind = true;
                     }
-                    probed = self.newest().await.ok();
+                    match shutdown.run_until_cancelled(self.newest()).await {
+                        Some(newest) => probed = newest.ok(),
+                        None => return,
+                    }
                 }
             }
         }
@@ -269,16 +280,19 @@ impl ValkeyBus {
                 .await
                 .map_err(|e| Halt::Failed(failed("subscribing to the bus")(e)))?;
             reader.subscribed = true;
-            if reader.position.is_none() {
+            // Subscribed again: what was in flight may be gone.
+            reader.resync = reader.position.is_some();
+        }
+        let at = match &mut reader.position {
+            Some(at) => at,
+            // The first subscription: reading starts after the newest entry. (Until this
+            // succeeds the reader is not ready, and comes back here after the retry delay.)
+            None => {
                 let epoch = self.epoch().await.map_err(Halt::Failed)?;
                 let last = self.newest().await.map_err(Halt::Failed)?;
                 reader.position = Some(Position { last, epoch });
-            } else {
-                reader.resync = true;
+                return Ok(());
             }
-        }
-        let Some(at) = reader.position.as_mut() else {
-            return Ok(());
         };
         if reader.resync {
             let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
