@@ -369,8 +369,13 @@ impl ValkeyBus {
                     _ = beat.tick() => {}
                     Ok(_) = reconnects.recv() => tracing::info!("reconnected to Valkey; re-registering presence"),
                 }
-                if let Err(e) = self.heartbeat().await {
-                    tracing::warn!(error = %e, "presence heartbeat failed");
+                // A drain does not wait for a heartbeat: with Valkey unreachable each of its
+                // calls takes the command timeout, and the pod's presence goes with it anyway
+                // (a staging hash left half-written expires).
+                match shutdown.run_until_cancelled(self.heartbeat()).await {
+                    None => return,
+                    Some(Err(e)) => tracing::warn!(error = %e, "presence heartbeat failed"),
+                    Some(Ok(())) => {}
                 }
             }
         };
