@@ -152,7 +152,8 @@ impl Connection {
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
         // Made once, not at every turn of the loop: each one made registers a waiter with its
-        // token, and the shutdown token is shared by every connection of the pod.
+        // token (the shutdown token is shared by every connection of the pod) and removes it when
+        // dropped. (Each poll still checks its token.)
         let shutdown = self.shutdown.clone().cancelled_owned();
         let kicked = session.kicked.clone().cancelled_owned();
         tokio::pin!(shutdown, kicked);
@@ -324,11 +325,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes bytes unless the connection is being stopped meanwhile (shutdown, or too slow: a
-    /// client that stopped reading must not hold this task in a write forever).
+    /// Writes bytes: at once if the socket's buffer takes them all (even once the connection is
+    /// being stopped); otherwise unless it is stopped meanwhile (shutdown, or too slow: a client
+    /// that stopped reading must not hold this task in a write forever).
     async fn write(&mut self, mut bytes: &[u8]) -> Result<(), End> {
         // Most writes fit in the socket's buffer: one is tried at once, without the futures
-        // below (a shutdown or too-slow signal is then seen at the next turn of the loop).
+        // below (a shutdown or too-slow signal is then seen by the caller's next wait).
         match self.stream.try_write(bytes) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(n) => bytes = &bytes[n..],
