@@ -120,6 +120,12 @@ enum Halt {
     CoreGone,
 }
 
+impl From<BusError> for Halt {
+    fn from(e: BusError) -> Halt {
+        Halt::Failed(e)
+    }
+}
+
 /// What to do with an entry, given the last one taken.
 #[derive(Debug, PartialEq)]
 enum Next {
@@ -278,7 +284,7 @@ impl ValkeyBus {
             self.reader
                 .subscribe(CHANNEL)
                 .await
-                .map_err(|e| Halt::Failed(failed("subscribing to the bus")(e)))?;
+                .map_err(failed("subscribing to the bus"))?;
             reader.subscribed = true;
             // Subscribed again: what was in flight may be gone.
             reader.resync = reader.position.is_some();
@@ -288,14 +294,14 @@ impl ValkeyBus {
             // The first subscription: reading starts after the newest entry. (Until this
             // succeeds the reader is not ready, and comes back here after the retry delay.)
             None => {
-                let epoch = self.epoch().await.map_err(Halt::Failed)?;
-                let last = self.newest().await.map_err(Halt::Failed)?;
+                let epoch = self.epoch().await?;
+                let last = self.newest().await?;
                 reader.position = Some(Position { last, epoch });
                 return Ok(());
             }
         };
         if reader.resync {
-            let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
+            let state_lost = self.stream_lost(at).await?;
             tracing::info!(state_lost, "reading the bus again; resyncing");
             let resync = Inbound::Resync { state_lost };
             inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
@@ -314,12 +320,12 @@ impl ValkeyBus {
         at: &mut Position,
         inbound: &mpsc::Sender<Inbound>,
     ) -> Result<(), Halt> {
-        loop {
+        'pages: loop {
             let entries: Vec<(String, HashMap<String, Bytes>)> = self
                 .client
                 .xrange(STREAM, format!("({}", at.last), "+", Some(READ_COUNT))
                 .await
-                .map_err(|e| Halt::Failed(failed("reading the bus")(e)))?;
+                .map_err(failed("reading the bus"))?;
             let read = entries.len();
             for (id, fields) in entries {
                 // An entry without one was written by a pod of the previous version: chained.
@@ -328,7 +334,7 @@ impl ValkeyBus {
                     .is_none_or(|p| p.as_ref() == at.last.as_bytes());
                 if !chained {
                     // The entries between were trimmed away, or lost with Valkey's state.
-                    let state_lost = self.stream_lost(at).await.map_err(Halt::Failed)?;
+                    let state_lost = self.stream_lost(at).await?;
                     tracing::warn!(
                         state_lost,
                         "entries of the bus were lost to this reader; resyncing"
@@ -336,8 +342,8 @@ impl ValkeyBus {
                     let resync = Inbound::Resync { state_lost };
                     inbound.send(resync).await.map_err(|_| Halt::CoreGone)?;
                     if state_lost {
-                        // A new stream: read it from its start.
-                        return Box::pin(self.catch_up(at, inbound)).await;
+                        // A new stream: read it from its start (`at` was moved there).
+                        continue 'pages;
                     }
                 }
                 at.last = id;
