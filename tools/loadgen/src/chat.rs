@@ -12,7 +12,7 @@ use tokio_stream::wrappers::LinesStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ChatArgs;
-use crate::http::{WebUser, unpooled_client};
+use crate::http::{Nchan, WebUser, unpooled_client};
 use crate::report::{Receiver, Report};
 use crate::tcp::Member;
 
@@ -35,7 +35,7 @@ enum Port {
     /// The same to an IRC server: one `PRIVMSG` to the channel per message.
     Irc(OwnedWriteHalf, String),
     /// One POST per message, each awaited (its 200 is the acknowledgement).
-    Http(WebUser),
+    Http(Poster),
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
@@ -68,13 +68,15 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
     let web_http = |i: usize| args.http_endpoints[i % args.http_endpoints.len()];
     // Streams on connections of their own, as browsers' EventSource opens them.
     let stream_client = unpooled_client()?;
-    let subscribers: Vec<WebUser> = futures::stream::iter(0..args.sse_members)
+    // (nchan has no sessions: its subscribers and publishers need no set-up.)
+    let web_users = |n: usize| if args.nchan { 0 } else { n };
+    let subscribers: Vec<WebUser> = futures::stream::iter(0..web_users(args.sse_members))
         .map(|i| WebUser::connect(stream_client.clone(), web_http(i), nick("s", i), Some(room)))
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await
         .context("setting up SSE members")?;
-    let posters: Vec<WebUser> = futures::stream::iter(0..args.http_senders)
+    let posters: Vec<WebUser> = futures::stream::iter(0..web_users(args.http_senders))
         .map(|i| {
             WebUser::connect(
                 reqwest::Client::new(),
@@ -144,8 +146,30 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
     }
     let mut ports: Vec<Port> = ports
         .drain(..args.senders)
-        .chain(posters.into_iter().map(Port::Http))
+        .chain(
+            posters
+                .into_iter()
+                .map(|user| Port::Http(Poster::Web(user))),
+        )
         .collect();
+    if args.nchan {
+        for i in 0..args.sse_members {
+            let data = Nchan::new(stream_client.clone(), web_http(i), room)
+                .subscribe()
+                .await?;
+            // Shown as a line of this run's user, which the receiver counts.
+            let who = nick("n", i);
+            spawn_receiver(
+                Box::pin(data.map(move |data| format!("[sse] {who}: {data}"))),
+                expect_from(None),
+            );
+        }
+        let client = reqwest::Client::new();
+        ports.extend(
+            (0..args.http_senders)
+                .map(|i| Port::Http(Poster::Nchan(Nchan::new(client.clone(), web_http(i), room)))),
+        );
+    }
 
     let start = Instant::now() + Duration::from_millis(100);
     let pace = Pace {
@@ -246,6 +270,21 @@ impl Pace {
 /// time the sender gets to run goes out in one write. Returns how many it sent, and the port,
 /// which must stay open until the receivers are done. A sender the server cut off stops early;
 /// the receivers' counts show what that cost.
+/// Who an HTTP sender posts as.
+enum Poster {
+    Web(WebUser),
+    Nchan(Nchan),
+}
+
+impl Poster {
+    async fn post(&self, content: &str) -> anyhow::Result<()> {
+        match self {
+            Poster::Web(user) => user.post(content).await,
+            Poster::Nchan(channel) => channel.post(content).await,
+        }
+    }
+}
+
 async fn send(
     mut port: Port,
     id: usize,
@@ -276,10 +315,10 @@ async fn send(
                     .await
                     .map_err(anyhow::Error::from)
             }
-            Port::Http(user) => {
+            Port::Http(poster) => {
                 let mut posted = Ok(());
                 for line in batch.lines() {
-                    posted = user.post(line).await;
+                    posted = poster.post(line).await;
                     if posted.is_err() {
                         break;
                     }

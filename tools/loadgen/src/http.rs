@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use loadgen::sse::FrameReader;
+use loadgen::sse::{Frame, FrameReader};
 
 /// A client that keeps no idle connections: each stream then arrives on a connection of its own,
 /// the way `EventSource` opens one, and the server holds exactly one socket per stream.
@@ -88,32 +88,85 @@ impl WebUser {
         &self,
         room: &str,
     ) -> anyhow::Result<impl futures::Stream<Item = (String, String)> + use<>> {
-        let response = self
+        let request = self
             .client
             .get(format!("{}/api/messages/{room}", self.base))
-            .bearer_auth(&self.session)
-            // What EventSource sends.
-            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .bearer_auth(&self.session);
+        event_stream(request, |frame| {
+            if frame.event != "message" {
+                return None;
+            }
+            let m = serde_json::from_str::<MessageData>(&frame.data).ok()?;
+            Some((m.user, m.content))
+        })
+        .await
+    }
+}
+
+/// One channel of nginx + nchan: the same load on a pub/sub server with no users, rooms or
+/// store, to compare against.
+pub struct Nchan {
+    client: reqwest::Client,
+    base: String,
+    channel: String,
+}
+
+impl Nchan {
+    pub fn new(client: reqwest::Client, addr: SocketAddr, channel: &str) -> Nchan {
+        Nchan {
+            client,
+            base: format!("http://{addr}"),
+            channel: channel.to_owned(),
+        }
+    }
+
+    /// Publishes a message (`POST /pub/<channel>`) and waits for nchan to take it.
+    pub async fn post(&self, content: &str) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("{}/pub/{}", self.base, self.channel))
+            .body(content.to_owned())
             .send()
             .await?;
         if !response.status().is_success() {
-            bail!("stream refused: {}", response.status());
+            bail!("message refused: {}", response.status());
         }
-        let mut frames = FrameReader::default();
-        Ok(response.bytes_stream().flat_map(move |chunk| {
-            let messages: Vec<(String, String)> = match chunk {
-                Ok(chunk) => frames
-                    .push(&chunk)
-                    .into_iter()
-                    .filter(|f| f.event == "message")
-                    .filter_map(|f| serde_json::from_str::<MessageData>(&f.data).ok())
-                    .map(|m| (m.user, m.content))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            futures::stream::iter(messages)
-        }))
+        Ok(())
     }
+
+    /// Opens the channel's event stream (`GET /sub/<channel>`); yields each message's data.
+    pub async fn subscribe(&self) -> anyhow::Result<impl futures::Stream<Item = String> + use<>> {
+        let request = self
+            .client
+            .get(format!("{}/sub/{}", self.base, self.channel));
+        event_stream(request, |frame| Some(frame.data)).await
+    }
+}
+
+/// Sends `request` as `EventSource` would and yields what `pick` takes of each frame.
+async fn event_stream<T, P: FnMut(Frame) -> Option<T>>(
+    request: reqwest::RequestBuilder,
+    mut pick: P,
+) -> anyhow::Result<impl futures::Stream<Item = T> + use<T, P>> {
+    let response = request
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("stream refused: {}", response.status());
+    }
+    let mut frames = FrameReader::default();
+    Ok(response.bytes_stream().flat_map(move |chunk| {
+        let picked: Vec<T> = match chunk {
+            Ok(chunk) => frames
+                .push(&chunk)
+                .into_iter()
+                .filter_map(&mut pick)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        futures::stream::iter(picked)
+    }))
 }
 
 #[derive(Deserialize)]

@@ -76,6 +76,11 @@ pub struct ChatArgs {
     /// server's ping interval: receivers do not answer pings.
     #[arg(long)]
     irc: bool,
+    /// SSE members and HTTP senders use nginx + nchan instead (`GET /sub/<room>` as
+    /// `EventSource` would, `POST /pub/<room>`): the same load on a pub/sub server with no
+    /// users, rooms or store. TCP members are not supported.
+    #[arg(long)]
+    nchan: bool,
     /// Seconds to wait for stragglers after the last send.
     #[arg(long, default_value_t = 5)]
     drain: u64,
@@ -133,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(
                 (args.rooms == 1 && !args.irc) || args.sse_members + args.http_senders == 0,
                 "SSE members and HTTP senders are for one room of this server"
+            );
+            anyhow::ensure!(
+                !args.nchan || args.members == 0,
+                "nchan has SSE members and HTTP senders only"
             );
             let report = chat::run(args.clone()).await?;
             println!("{}", report.text());
