@@ -59,3 +59,123 @@ cpu_ticks() {
   done
   echo "${out[*]}"
 }
+
+# Chat servers under load, for the benchmarks that compare against InspIRCd and nchan. They keep
+# their PIDs in `pids` and are killed outright (a benchmark measures no shutdown), with their
+# children (nginx's worker outlives its master otherwise).
+pids=()
+stop_servers() {
+  # (`wait` with no PIDs would wait for the services too.)
+  [ ${#pids[@]} -gt 0 ] || return 0
+  local children
+  children=$(pgrep -d ' ' -P "$(IFS=,; echo "${pids[*]}")" || true)
+  # shellcheck disable=SC2086 # a list of PIDs
+  kill -9 "${pids[@]}" $children 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  pids=()
+}
+
+# start_replicas N BASE-PORT: N servers (the store and bus the environment names, rate limits
+# off), their TCP addresses in `endpoints`.
+start_replicas() {
+  local list=() i tcp
+  for i in $(seq 0 $(($1 - 1))); do
+    tcp=$(($2 + 2 * i))
+    env INSTANCE_ID="bench-$i" RATE_LIMIT_PER_SEC=1000000 RATE_LIMIT_BURST=1000000 \
+      CONNECT_RATE_PER_SEC=100000 BIND_ADDRESS=127.0.0.1 TCP_PORT=$tcp HTTP_PORT=$((tcp + 1)) \
+      LOG_LEVEL=warn ./target/release/baby-discord 2>>"$SERVICES_DIR/servers.log" &
+    pids+=($!)
+    list+=("127.0.0.1:$tcp")
+  done
+  for e in "${list[@]}"; do wait_for_port "${e#*:}"; done
+  endpoints=$(IFS=,; echo "${list[*]}")
+}
+
+# start_inspircd PORT: InspIRCd (apt-get install inspircd), limits opened for one client address
+# making every connection, no DNS or ident look-ups; its address in `endpoints`.
+start_inspircd() {
+  local conf="$SERVICES_DIR/inspircd"
+  mkdir -p "$conf"
+  cat >"$conf/inspircd.conf" <<CONF
+<server name="irc.local" description="bench" network="bench">
+<admin name="bench" nick="bench" email="bench@localhost">
+<bind address="127.0.0.1" port="$1" type="clients">
+<power diepass="x" restartpass="x">
+<connect allow="*" timeout="60" threshold="1000000" commandrate="1000000" fakelag="off"
+         pingfreq="600" hardsendq="4194304" softsendq="1048576" recvq="1048576"
+         localmax="100000" globalmax="100000" limit="100000" resolvehostnames="no" useident="no">
+<channels users="100" opers="100">
+<performance softlimit="30000" somaxconn="4096" nouserdns="yes" quietbursts="yes">
+<pid file="$conf/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$conf/inspircd.log">
+CONF
+  /usr/sbin/inspircd --nofork --runasroot --config="$conf/inspircd.conf" >"$conf/out.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$1"
+  endpoints=127.0.0.1:$1
+}
+
+BENCH_ROW_HEADER="| server | connections | rooms | target msg/s | sent msg/s | deliveries/s | p50 ms | p99 ms | max ms | lost | cut off | server CPU % | µs CPU per delivery | server RSS MB |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+# measured_run LABEL SECONDS [loadgen chat args...]: one loaded window against the servers in
+# `pids`, printed as a row under BENCH_ROW_HEADER; fails when the load generator did. The
+# servers' CPU is read over the sending window, which starts when every connection is in its
+# room; CPU per delivery divides it by the deliveries in that window.
+measured_run() {
+  local label=$1 seconds=$2
+  shift 2
+  ./target/release/loadgen chat --duration "$seconds" --json "$@" \
+    >"$SERVICES_DIR/run.json" 2>"$SERVICES_DIR/run.err" &
+  local loadgen=$!
+  until grep -q "sending for" "$SERVICES_DIR/run.err"; do
+    kill -0 $loadgen 2>/dev/null || { echo "| $label | loadgen failed: $(grep -m1 -i error "$SERVICES_DIR/run.err") |"; return 1; }
+    sleep 0.2
+  done
+  local before after rss=0 pid
+  before=$(cpu_ticks "${pids[*]}")
+  sleep "$seconds"
+  after=$(cpu_ticks "${pids[*]}")
+  for pid in "${pids[@]}"; do rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status"))); done
+  wait $loadgen || { echo "| $label | loadgen failed: $(grep -m1 -i error "$SERVICES_DIR/run.err") |"; return 1; }
+  python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / 100
+window = float(sys.argv[4])
+deliveries = r["deliveries_per_sec"] * window
+print("| {} | {} | {} | {} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.1f} | {} | {} | {:.0f} | **{:.2f}** | {} |".format(
+    sys.argv[5], r["members"] + r["sse_members"], r["rooms"], r["target_rate"], r["send_rate"], r["deliveries_per_sec"],
+    r["p50_ms"], r["p99_ms"], r["max_ms"], r["lost"], r["cut_off"], 100 * cpu / window,
+    1e6 * cpu / deliveries, int(sys.argv[6]) // 1024))' "$SERVICES_DIR/run.json" "$before" "$after" "$seconds" "$label" "$rss"
+}
+
+# start_nchan PORT: nginx with the nchan module (apt-get install nginx-light
+# libnginx-mod-nchan), one worker, a channel per room: `POST /pub/<room>` publishes, `GET
+# /sub/<room>` is its EventSource stream, the last 10 messages kept; its address in `endpoints`.
+start_nchan() {
+  local conf="$SERVICES_DIR/nchan"
+  mkdir -p "$conf"
+  cat >"$conf/nginx.conf" <<CONF
+include /etc/nginx/modules-enabled/50-mod-nchan.conf;
+user root;
+daemon off;
+worker_processes 1;
+pid $conf/nginx.pid;
+error_log $conf/error.log warn;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  client_body_temp_path $conf;
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location ~ ^/pub/(\w+)$ { nchan_publisher; nchan_channel_id \$1; nchan_message_buffer_length 10; }
+    location ~ ^/sub/(\w+)$ { nchan_subscriber eventsource; nchan_channel_id \$1; }
+  }
+}
+CONF
+  nginx -c "$conf/nginx.conf" -e "$conf/error.log" >"$conf/out.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$1"
+  endpoints=127.0.0.1:$1
+}
