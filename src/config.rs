@@ -204,6 +204,19 @@ impl Config {
             ("COMMIT_BATCH_MAX", self.commit_batch_max),
             ("BREAKER_FAILURES", self.breaker_failures as usize),
             ("BREAKER_MAX_WAITING", self.breaker_max_waiting),
+            ("NICK_TIMEOUT_SECS", self.nick_timeout_secs as usize),
+            (
+                "SESSION_IDLE_TIMEOUT_SECS",
+                self.session_idle_timeout_secs as usize,
+            ),
+            ("PRESENCE_TTL_SECS", self.presence_ttl_secs as usize),
+            ("SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs as usize),
+            ("DB_POOL_SIZE", self.db_pool_size as usize),
+            (
+                "DB_ACQUIRE_TIMEOUT_SECS",
+                self.db_acquire_timeout_secs as usize,
+            ),
+            ("BREAKER_OPEN_SECS", self.breaker_open_secs as usize),
             (
                 "DB_STATEMENT_TIMEOUT_SECS",
                 self.db_statement_timeout_secs as usize,
@@ -341,6 +354,24 @@ mod tests {
                 "invalid configuration: MAX_LINE_BYTES: must be at least 1"
             );
             jail.set_env("MAX_LINE_BYTES", "4096");
+            // A zero duration would close every client at once, expire every session at once or
+            // stop the presence heartbeat: it is refused, not served.
+            for setting in [
+                "NICK_TIMEOUT_SECS",
+                "SESSION_IDLE_TIMEOUT_SECS",
+                "PRESENCE_TTL_SECS",
+                "SHUTDOWN_GRACE_SECS",
+                "DB_POOL_SIZE",
+                "DB_ACQUIRE_TIMEOUT_SECS",
+                "BREAKER_OPEN_SECS",
+            ] {
+                jail.set_env(setting, "0");
+                assert_eq!(
+                    Config::load().unwrap_err().to_string(),
+                    format!("invalid configuration: {setting}: must be at least 1")
+                );
+                jail.set_env(setting, "1");
+            }
             jail.set_env("LOG_LEVEL", "info,baby_discord=loud");
             let error = Config::load().unwrap_err().to_string();
             assert!(

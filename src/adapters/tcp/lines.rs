@@ -26,7 +26,7 @@ impl LineReader {
             codec: AnyDelimiterCodec::new_with_max_length(
                 b"\n".to_vec(),
                 Vec::new(),
-                max_line_bytes + 1,
+                max_line_bytes.saturating_add(1),
             ),
             max_line_bytes,
         }
