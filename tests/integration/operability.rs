@@ -174,6 +174,24 @@ async fn liveness_and_readiness_report_the_dependencies() {
 }
 
 #[tokio::test]
+async fn liveness_counts_tcp_connections_and_streams_together() {
+    let app = spawn_app().await;
+    let http = Http::new(app.http);
+    let connections = async || http.get("/health").await.1["connections"].as_u64();
+    assert_eq!(connections().await, Some(0));
+    let mut nc = app.login("nc").await;
+    nc.create("count").await;
+    assert_eq!(connections().await, Some(1));
+    let web = http.connect("web").await;
+    http.command(&web, "/join count").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/count?sessionId={web}"), None)
+        .await;
+    stream.expect("connected").await;
+    assert_eq!(connections().await, Some(2));
+}
+
+#[tokio::test]
 async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_when_it_is_back() {
     let mut pg = Postgres::start();
     let url = pg.create_database().await;

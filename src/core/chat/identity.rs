@@ -34,7 +34,7 @@ impl Chat {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, session.kicked.clone());
-        metrics::gauge!(metric::CONNECTIONS, "transport" => transport.label()).increment(1);
+        self.count_connection(transport.label(), true);
         (session, inbox)
     }
 
@@ -77,8 +77,7 @@ impl Chat {
     /// session, forgets it.
     pub async fn close(&self, mut session: Session) {
         if session.outbox.is_some() {
-            metrics::gauge!(metric::CONNECTIONS, "transport" => session.transport.label())
-                .decrement(1);
+            self.count_connection(session.transport.label(), false);
             self.live
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
