@@ -63,6 +63,7 @@ struct Shared {
 
 fn limits(config: &Config) -> Limits {
     Limits {
+        max_line_bytes: config.max_line_bytes,
         max_message_chars: config.max_message_chars,
         rate_per_sec: config.rate_limit_per_sec,
         rate_burst: config.rate_limit_burst,

@@ -147,6 +147,12 @@ async fn each_error_has_its_status_and_the_envelope() {
             json!({ "sessionId": session, "content": "x".repeat(2001) }),
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
+        // What a TCP user typing the same line would be told (MAX_LINE_BYTES is 4096).
+        (
+            "/api/command",
+            json!({ "sessionId": session, "command": format!("/join {}", "x".repeat(4096)) }),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ];
     for (path, body, expected) in cases {
         let (status, reply) = http.post(path, body.clone()).await;
@@ -163,6 +169,35 @@ async fn each_error_has_its_status_and_the_envelope() {
     assert_eq!(
         (status, reply["error"].as_str().unwrap()),
         (StatusCode::NOT_FOUND, "No such room: nowhere")
+    );
+    let (status, reply) = http
+        .post(
+            "/api/command",
+            json!({ "sessionId": session, "command": format!("/join {}", "x".repeat(4096)) }),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("Line too long"))
+    );
+    // Every /api reply is in the envelope, a route or method that does not exist too.
+    let (status, reply) = http.get("/api/nowhere").await;
+    assert_eq!(
+        (status, reply["success"].clone(), reply["error"].as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            json!(false),
+            Some("No such route: GET /api/nowhere")
+        )
+    );
+    let (status, reply) = http.get("/api/connect").await;
+    assert_eq!(
+        (status, reply["success"].clone(), reply["error"].as_str()),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!(false),
+            Some("Method not allowed: GET /api/connect")
+        )
     );
 
     let malformed = http.post_raw("/api/command", "{not json").await;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +30,7 @@ use super::Slots;
 use crate::core::ports::StoreError;
 use crate::core::{Chat, Error};
 use crate::telemetry::metric;
+use error::ApiError;
 
 /// The largest request body accepted (a 2,000-character message in JSON is far below it).
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -88,10 +90,28 @@ pub fn router(state: AppState) -> Router {
         .route("/api/messages/{room}", get(sse::get_room_stream))
         .route("/api/events", get(sse::get_session_stream));
     api.merge(streams)
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(record_duration))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every `/api` reply is in the envelope (SPEC §4), a path no route takes too.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::Body {
+        status: StatusCode::NOT_FOUND,
+        message: format!("No such route: {method} {}", uri.path()),
+    }
+}
+
+/// As [`no_route`], for a route that does not take this method (axum adds the `Allow` header).
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::Body {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("Method not allowed: {method} {}", uri.path()),
+    }
 }
 
 /// Bounds a request that is not a stream: past [`REQUEST_TIMEOUT`] it is answered in the

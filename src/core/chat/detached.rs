@@ -33,6 +33,9 @@ impl Chat {
 
     /// Runs one line for an HTTP session. A chat line's reply is its ack; `/quit` ends the session.
     pub async fn command(&self, id: SessionId, line: &str) -> Result<Reply, Error> {
+        if line.len() > self.limits.max_line_bytes {
+            return Err(Error::LineTooLong);
+        }
         let changes_session = matches!(
             command::parse(&sanitize(line)),
             Some(Ok(Input::Command(

@@ -40,6 +40,9 @@ pub use streams::{EventStream, Resume};
 /// The per-session limits of SPEC §3 and §4.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// The longest line: the TCP adapter's framing enforces it; an HTTP command is held to it
+    /// here, so it gets the words a TCP user would.
+    pub max_line_bytes: usize,
     pub max_message_chars: usize,
     pub rate_per_sec: NonZeroU32,
     pub rate_burst: NonZeroU32,
@@ -280,6 +283,7 @@ mod tests {
         tokio::spawn(publishing);
         tokio::spawn(committing);
         let limits = Limits {
+            max_line_bytes: 200,
             max_message_chars: 100,
             rate_per_sec: NonZeroU32::new(1000).unwrap(),
             rate_burst: NonZeroU32::new(1000).unwrap(),
