@@ -174,7 +174,7 @@ impl App {
             .await
             .with_context(|| format!("binding the TCP port {}", config.tcp_port))?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let slots = Slots::new(config.max_connections);
+        let slots = Slots::new(config.max_connections, config.connect_rate_per_sec);
         metrics::gauge!(telemetry::metric::CONNECTIONS_LIMIT).set(config.max_connections as f64);
         let tcp = TcpServer::new(tcp_listener, chat.clone(), slots.clone(), &config);
         let http_listener = TcpListener::bind((config.bind_address, config.http_port))

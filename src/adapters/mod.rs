@@ -1,30 +1,51 @@
 //! The ways in: each adapter turns bytes into calls on [`Chat`](crate::core::Chat) and events back
 //! into bytes. They hold no chat logic.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
-
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::core::Error;
+use crate::telemetry::metric;
+
 pub mod http;
 pub mod tcp;
 
-/// The pod's budget of long-lived connections, MAX_CONNECTIONS: netcat connections and event
-/// streams draw on one pool (SPEC §3). A slot is held until its permit drops.
+/// The pod's budget of long-lived connections: netcat connections and event streams draw on one
+/// pool of MAX_CONNECTIONS and one rate of CONNECT_RATE_PER_SEC (SPEC §3) — after a pod drains,
+/// its browsers reconnect elsewhere as its netcat users do, and a storm of either is shed. A slot
+/// is held until its permit drops.
 #[derive(Clone)]
-pub struct Slots(Arc<Semaphore>);
+pub struct Slots {
+    open: Arc<Semaphore>,
+    rate: Arc<DefaultDirectRateLimiter>,
+}
 
 impl Slots {
-    pub fn new(max: usize) -> Self {
-        Slots(Arc::new(Semaphore::new(max)))
+    pub fn new(max: usize, per_sec: NonZeroU32) -> Self {
+        Slots {
+            open: Arc::new(Semaphore::new(max)),
+            rate: Arc::new(DefaultDirectRateLimiter::direct(Quota::per_second(per_sec))),
+        }
     }
 
-    /// A slot, or `None` when the pod is full.
-    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+    /// A slot for a new connection or stream; refused (and counted) past the rate or when the
+    /// pod is full.
+    pub fn take(&self) -> Result<OwnedSemaphorePermit, Error> {
+        let (reason, error) = if self.rate.check().is_err() {
+            ("connect_rate", Error::TooManyConnections)
+        } else if let Ok(slot) = self.open.clone().try_acquire_owned() {
+            return Ok(slot);
+        } else {
+            ("server_full", Error::ServerFull)
+        };
+        metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
+        Err(error)
     }
 }
 

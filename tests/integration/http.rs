@@ -677,3 +677,42 @@ async fn the_openapi_document_describes_exactly_the_api_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_storm_of_stream_reconnects_is_shed_by_the_connect_rate_limit() {
+    // Streams and netcat connections share one rate, as they share MAX_CONNECTIONS.
+    let app = spawn_app_with(|c| c.connect_rate_per_sec = NonZeroU32::new(20).unwrap()).await;
+    let http = Http::new(app.http);
+    let session = http.connect("web").await;
+    http.command(&session, "/create storm").await;
+    let client = reqwest::Client::new();
+    let (mut refused, mut admitted) = (0, Vec::new());
+    for _ in 0..200 {
+        let response = client
+            .get(http.url(&format!("/api/messages/storm?sessionId={session}")))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .expect("stream request");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                response
+                    .headers()
+                    .contains_key(reqwest::header::RETRY_AFTER)
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "Too many connections, try again later");
+            refused += 1;
+        } else {
+            assert_eq!(response.status(), StatusCode::OK);
+            admitted.push(response);
+        }
+    }
+    assert!(refused >= 100, "refused only {refused} of 200");
+    assert!(!admitted.is_empty());
+    let metrics = http.metrics().await;
+    assert_eq!(
+        total(&metrics, "chat_dropped_total", r#"reason="connect_rate""#),
+        refused as f64
+    );
+}

@@ -88,7 +88,7 @@ pub async fn get_room_stream(
     request: StreamRequest,
 ) -> Result<Response, ApiError> {
     let name = RoomName::parse_exact(&path.room).map_err(Error::from)?;
-    let slot = take_slot(&state)?;
+    let slot = state.slots.take()?;
     let session = state.chat.resume(request.session).await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
     let room = state.chat.find_room(&name).await?;
@@ -109,7 +109,7 @@ pub async fn get_session_stream(
     State(state): State<AppState>,
     request: StreamRequest,
 ) -> Result<Response, ApiError> {
-    let slot = take_slot(&state)?;
+    let slot = state.slots.take()?;
     let session = state.chat.resume(request.session).await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
     let stream = state
@@ -141,14 +141,6 @@ const EPOCH_COOKIE: &str = "chatEpoch";
 /// several sessions, one per tab).
 fn room_cookie(session: SessionId) -> String {
     format!("chatRoom-{}", &session.to_string()[..12])
-}
-
-/// The stream's place under MAX_CONNECTIONS, held as long as it is open.
-fn take_slot(state: &AppState) -> Result<OwnedSemaphorePermit, Error> {
-    state.slots.take().ok_or_else(|| {
-        metrics::counter!(metric::DROPPED, "reason" => "server_full").increment(1);
-        Error::ServerFull
-    })
 }
 
 /// The seq to resume after: `Last-Event-ID`, else `last_event_id`. Ids this server sends are

@@ -11,7 +11,6 @@ pub mod lines;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +19,6 @@ use tracing::Instrument;
 use super::{Slots, keep_alive};
 use crate::config::Config;
 use crate::core::{Chat, Error};
-use crate::telemetry::metric;
 
 /// What each connection needs from the configuration.
 #[derive(Debug, Clone)]
@@ -35,7 +33,6 @@ pub struct TcpServer {
     settings: Arc<Settings>,
     slots: Slots,
     keepalive: Duration,
-    connect_rate: DefaultDirectRateLimiter,
 }
 
 impl TcpServer {
@@ -49,9 +46,6 @@ impl TcpServer {
             }),
             slots,
             keepalive: config.tcp_keepalive(),
-            connect_rate: DefaultDirectRateLimiter::direct(Quota::per_second(
-                config.connect_rate_per_sec,
-            )),
         }
     }
 
@@ -70,13 +64,12 @@ impl TcpServer {
                     continue;
                 }
             };
-            if self.connect_rate.check().is_err() {
-                refuse(&stream, "connect_rate", &Error::TooManyConnections);
-                continue;
-            }
-            let Some(slot) = self.slots.take() else {
-                refuse(&stream, "server_full", &Error::ServerFull);
-                continue;
+            let slot = match self.slots.take() {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    refuse(&stream, &refused);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             keep_alive(&stream, self.keepalive);
@@ -95,7 +88,6 @@ impl TcpServer {
 
 /// Tells a refused client why, without waiting on it: a fresh socket's send buffer is empty, so
 /// the line fits or the client gets nothing. Then the socket is closed.
-fn refuse(stream: &TcpStream, reason: &'static str, error: &Error) {
-    metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
+fn refuse(stream: &TcpStream, error: &Error) {
     let _ = stream.try_write(format!("Error: {error}\n").as_bytes());
 }
