@@ -31,6 +31,17 @@ pub enum StoreError {
     Ambiguous(String),
 }
 
+/// Where the circuit breaker in front of the store stands (SPEC §5), for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    /// Calls go through.
+    Closed,
+    /// One call probes whether the database is back; the others fail fast.
+    HalfOpen,
+    /// Every call fails fast.
+    Open,
+}
+
 /// The newest and oldest stored seq of a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomTail {
@@ -45,6 +56,11 @@ pub struct RoomTail {
 pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The circuit breaker's state; a store with none in front of it is always closed.
+    fn circuit(&self) -> Circuit {
+        Circuit::Closed
+    }
 
     /// Finds or creates the user with this nickname (case-insensitively).
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError>;

@@ -22,7 +22,7 @@ use failsafe::{Config, StateMachine};
 
 use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
-use crate::core::ports::{RoomTail, Store, StoreError};
+use crate::core::ports::{Circuit, RoomTail, Store, StoreError};
 use crate::telemetry::metric;
 
 #[derive(Debug, Clone)]
@@ -210,6 +210,14 @@ impl Drop for WaitingGuard<'_> {
 impl Store for BreakerStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(self.inner.ping()).await
+    }
+
+    fn circuit(&self) -> Circuit {
+        match self.state.load(Ordering::SeqCst) {
+            CLOSED => Circuit::Closed,
+            HALF_OPEN => Circuit::HalfOpen,
+            _ => Circuit::Open,
+        }
     }
 
     async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError> {

@@ -168,8 +168,8 @@ async fn liveness_and_readiness_report_the_dependencies() {
     }
     let (status, body) = http.get("/health/ready").await;
     assert_eq!(
-        (status, body["ready"].clone()),
-        (StatusCode::OK, json!(true))
+        (status, body["ready"].clone(), body["breaker"].clone()),
+        (StatusCode::OK, json!(true), json!("closed"))
     );
 }
 
@@ -237,8 +237,8 @@ async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_
     }
     let (ready, body) = http.get("/health/ready").await;
     assert_eq!(
-        (ready, body["db"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("down"))
+        (ready, body["db"].as_str(), body["breaker"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("down"), Some("open"))
     );
     assert_eq!(
         http.get("/health").await.0,
@@ -273,7 +273,11 @@ async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_
         nc.send("/help").await;
         nc.expect("Available commands:").await;
     }
-    assert_eq!(http.get("/health/ready").await.0, StatusCode::OK);
+    let (ready, body) = http.get("/health/ready").await;
+    assert_eq!(
+        (ready, body["breaker"].as_str()),
+        (StatusCode::OK, Some("closed"))
+    );
     http.message(&web, "http is back too").await;
 }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use crate::core::Chat;
 use crate::core::feed::RoomActivity;
+use crate::core::ports::Circuit;
 use crate::telemetry::metric;
 
 /// How long a check waits for a dependency before calling it down.
@@ -73,6 +74,8 @@ struct Readiness {
     ready: bool,
     db: &'static str,
     valkey: &'static str,
+    /// The database circuit breaker: `closed`, `half_open` or `open`.
+    breaker: &'static str,
     draining: bool,
 }
 
@@ -98,7 +101,14 @@ pub async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
     let checked = check(&state.chat).await;
     state.checked.send_replace(checked);
     let (db, valkey) = (word(checked.db), word(checked.valkey));
-    let ready = !draining && checked.db && checked.valkey;
+    // Read after the ping, which may have been the breaker's probe.
+    let circuit = state.chat.circuit();
+    let ready = !draining && checked.db && checked.valkey && circuit != Circuit::Open;
+    let breaker = match circuit {
+        Circuit::Closed => "closed",
+        Circuit::HalfOpen => "half_open",
+        Circuit::Open => "open",
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -110,6 +120,7 @@ pub async fn get_ready(State(state): State<AppState>) -> impl IntoResponse {
             ready,
             db,
             valkey,
+            breaker,
             draining,
         }),
     )

@@ -32,7 +32,7 @@ use super::error::Error;
 use super::feed::{Feeds, RoomActivity};
 use super::model::{Envelope, SessionId, SessionRecord};
 use super::names::sanitize;
-use super::ports::{Bus, Claim, Holder, Inbound, Presence, Sessions, Store};
+use super::ports::{Bus, Circuit, Claim, Holder, Inbound, Presence, Sessions, Store};
 use super::session::Session;
 use crate::telemetry::metric;
 pub use streams::{EventStream, Resume};
@@ -131,6 +131,11 @@ impl Chat {
     /// The `n` rooms with the most members on this pod, for operators ([`Feeds::busiest`]).
     pub fn busiest_rooms(&self, n: usize) -> Vec<RoomActivity> {
         self.feeds.busiest(n)
+    }
+
+    /// The store's circuit breaker.
+    pub fn circuit(&self) -> Circuit {
+        self.store.circuit()
     }
 
     /// Whether the store and the bus both answer.
