@@ -65,6 +65,7 @@ impl Chat {
     async fn command_locked(&self, id: SessionId, line: &str) -> Result<Reply, Error> {
         let stored = self.resume(id).await?;
         let saved_nick = stored.nick().cloned();
+        let before = stored.record();
         let mut session = stored;
         let reply = self.handle(&mut session, line).await;
         let given_up = std::mem::take(&mut session.given_up);
@@ -85,6 +86,12 @@ impl Chat {
             Ok(true) => {
                 for nick in &given_up {
                     self.presence.release(nick, id).await;
+                }
+                // Its streams follow only a move that was saved: one published before a save
+                // that then failed would take them where the session is not, and its next
+                // keepalive back — re-showing the room from the session's join.
+                if before.as_ref() != Some(&record) {
+                    self.publish_moved(record);
                 }
                 reply
             }

@@ -170,15 +170,11 @@ impl Chat {
                 format!("{} is now known as {new}", old.nick),
             );
         }
-        self.publish_moved(session);
         Ok(format!("You are now known as {new}"))
     }
 
     /// Tells the pods holding a detached session's streams where it is now, and who.
-    pub(super) fn publish_moved(&self, session: &Session) {
-        let (None, Some(record)) = (&session.outbox, session.record()) else {
-            return;
-        };
+    pub(super) fn publish_moved(&self, record: SessionRecord) {
         let moved = Envelope::SessionMoved(record);
         self.feeds.deliver(moved.clone());
         self.publisher.publish_all([moved]);

@@ -273,11 +273,17 @@ mod tests {
     use crate::core::model::{Delivery, Event};
     use crate::core::names::Nickname;
     use crate::core::outbox::Inbox;
+    use crate::core::ports::{BusError, SessionLock, Stored};
     use crate::core::session::Transport;
     use crate::store::memory::MemoryStore;
 
     /// A chat over the in-memory store and bus, its commit and publish tasks running.
     fn chat() -> Arc<Chat> {
+        chat_with_sessions(|local| local)
+    }
+
+    /// The same, its sessions kept by what `sessions` makes of the in-memory bus.
+    fn chat_with_sessions(sessions: impl FnOnce(Arc<LocalBus>) -> Arc<dyn Sessions>) -> Arc<Chat> {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1000));
         let local = Arc::new(LocalBus::new());
         let shutdown = CancellationToken::new();
@@ -299,9 +305,95 @@ mod tests {
             store,
             bus: local.clone(),
             presence: local.clone(),
-            sessions: local,
+            sessions: sessions(local),
         };
         Arc::new(Chat::new(ports, feeds, publisher, committer, limits))
+    }
+
+    /// Sessions whose saves fail while `failing` is set (Valkey gone between two commands).
+    struct FlakySaves {
+        inner: Arc<LocalBus>,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Sessions for FlakySaves {
+        async fn create(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
+            self.inner.create(record, ttl).await
+        }
+        async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError> {
+            self.inner.load(id).await
+        }
+        async fn save(&self, r: &SessionRecord, v: u64, ttl: Duration) -> Result<bool, BusError> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BusError::Unavailable("saves fail".into()));
+            }
+            self.inner.save(r, v, ttl).await
+        }
+        async fn touch(
+            &self,
+            id: SessionId,
+            ttl: Duration,
+        ) -> Result<Option<SessionRecord>, BusError> {
+            self.inner.touch(id, ttl).await
+        }
+        async fn delete(&self, id: SessionId) -> Result<(), BusError> {
+            self.inner.delete(id).await
+        }
+        async fn lock(
+            &self,
+            id: SessionId,
+            wait: Duration,
+            lease: Duration,
+        ) -> Result<Option<SessionLock>, BusError> {
+            self.inner.lock(id, wait, lease).await
+        }
+        async fn unlock(&self, lock: SessionLock) {
+            self.inner.unlock(lock).await
+        }
+        async fn take_expired(&self) -> Result<Vec<SessionRecord>, BusError> {
+            self.inner.take_expired().await
+        }
+        async fn spend(&self, id: SessionId, quota: Quota) -> Result<bool, BusError> {
+            self.inner.spend(id, quota).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_move_that_could_not_be_saved_leaves_the_sessions_streams_where_they_were() {
+        let flaky = Arc::new(std::sync::OnceLock::<Arc<FlakySaves>>::new());
+        let chat = chat_with_sessions(|local| {
+            let sessions = Arc::new(FlakySaves {
+                inner: local,
+                failing: Default::default(),
+            });
+            let _ = flaky.set(sessions.clone());
+            sessions
+        });
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        say(&chat, &mut setup, "/create b").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        let stream = chat
+            .open_session_stream(&record, Resume::default())
+            .await
+            .unwrap();
+        flaky.get().unwrap().failing.store(true, Ordering::SeqCst);
+        assert!(chat.command(web.id, "/join b").await.is_err());
+        // The stored session is still in a, and so is its stream: a move here, undone at the
+        // stream's next keepalive, would show it b for a while, then a again from its join.
+        while let Some(delivery) = stream.inbox.try_recv() {
+            assert!(
+                !matches!(delivery, Delivery::Moved(_)),
+                "the stream moved: {delivery:?}"
+            );
+        }
+        assert_eq!(
+            chat.resume(web.id).await.unwrap().record().unwrap().room,
+            record.room
+        );
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {

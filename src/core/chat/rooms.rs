@@ -34,7 +34,6 @@ impl Chat {
 
     pub(super) async fn leave(&self, session: &mut Session) -> Result<String, Error> {
         let room = self.leave_room(session).await.ok_or(Error::NotInRoom)?;
-        self.publish_moved(session);
         Ok(format!("Left room: {}", room.name))
     }
 
@@ -86,7 +85,6 @@ impl Chat {
             &room.name,
             format!("{} joined {}", user.nick, room.name),
         );
-        self.publish_moved(session);
         Ok(render_history(&history))
     }
 
