@@ -237,8 +237,13 @@ async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_
     }
     let (ready, body) = http.get("/health/ready").await;
     assert_eq!(
-        (ready, body["db"].as_str(), body["breaker"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("down"), Some("open"))
+        (ready, body["db"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("down"))
+    );
+    // Open, or half-open if the background check's ping is the breaker's probe right then.
+    assert!(
+        matches!(body["breaker"].as_str(), Some("open" | "half_open")),
+        "{body}"
     );
     assert_eq!(
         http.get("/health").await.0,
