@@ -120,8 +120,9 @@ BENCH_ROW_HEADER="| server | connections | rooms | target msg/s | sent msg/s | d
 
 # measured_run LABEL SECONDS [loadgen chat args...]: one loaded window against the servers in
 # `pids`, printed as a row under BENCH_ROW_HEADER; fails when the load generator did. The
-# servers' CPU is read over the sending window, which starts when every connection is in its
-# room; CPU per delivery divides it by the deliveries in that window.
+# servers' CPU (and RSS, children included) is read over the sending window, which starts when
+# every connection is in its room and every stream open; CPU per delivery divides it by the
+# deliveries in that window.
 measured_run() {
   local label=$1 seconds=$2
   shift 2
@@ -136,7 +137,10 @@ measured_run() {
   before=$(cpu_ticks "${pids[*]}")
   sleep "$seconds"
   after=$(cpu_ticks "${pids[*]}")
-  for pid in "${pids[@]}"; do rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status"))); done
+  # shellcheck disable=SC2046 # a list of PIDs
+  for pid in "${pids[@]}" $(pgrep -P "$(IFS=,; echo "${pids[*]}")"); do
+    rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status")))
+  done
   wait $loadgen || { echo "| $label | loadgen failed: $(grep -m1 -i error "$SERVICES_DIR/run.err") |"; return 1; }
   python3 -c '
 import json, sys
@@ -170,7 +174,11 @@ http {
   server {
     listen 127.0.0.1:$1 backlog=4096;
     location ~ ^/pub/(\w+)$ { nchan_publisher; nchan_channel_id \$1; nchan_message_buffer_length 10; }
-    location ~ ^/sub/(\w+)$ { nchan_subscriber eventsource; nchan_channel_id \$1; }
+    # A new subscriber gets what is published from now on, as this server's streams do (the
+    # default, oldest, would replay the channel's buffer to each).
+    location ~ ^/sub/(\w+)$ {
+      nchan_subscriber eventsource; nchan_channel_id \$1; nchan_subscriber_first_message newest;
+    }
   }
 }
 CONF

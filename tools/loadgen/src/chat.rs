@@ -90,10 +90,6 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
         .await
         .context("setting up HTTP senders")?;
     let senders = args.senders + args.http_senders;
-    eprintln!(
-        "{} TCP + {} SSE members, {} TCP + {} HTTP senders in {} room(s); sending for {}s",
-        args.members, args.sse_members, args.senders, args.http_senders, args.rooms, args.duration
-    );
     // Whose messages member i should get: its room's senders (an IRC server does not echo a
     // sender's own); HTTP senders and SSE members are only in a one-room run.
     let expect_from = |member: Option<usize>| -> Vec<usize> {
@@ -171,6 +167,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Report> {
         );
     }
 
+    // Said once every member is in its room and every stream open: the benchmark scripts start
+    // measuring the servers here.
+    eprintln!(
+        "{} TCP + {} SSE members, {} TCP + {} HTTP senders in {} room(s); sending for {}s",
+        args.members, args.sse_members, args.senders, args.http_senders, args.rooms, args.duration
+    );
     let start = Instant::now() + Duration::from_millis(100);
     let pace = Pace {
         start,
