@@ -129,7 +129,7 @@ measured_run() {
   ./target/release/loadgen chat --duration "$seconds" --json "$@" \
     >"$SERVICES_DIR/run.json" 2>"$SERVICES_DIR/run.err" &
   local loadgen=$!
-  until grep -q "sending for" "$SERVICES_DIR/run.err"; do
+  until grep -qs "sending for" "$SERVICES_DIR/run.err"; do
     kill -0 $loadgen 2>/dev/null || { echo "| $label | loadgen failed: $(grep -m1 -i error "$SERVICES_DIR/run.err") |"; return 1; }
     sleep 0.2
   done
