@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use governor::Quota;
 use tokio::sync::mpsc;
 
-use super::model::{ChatMessage, Envelope, NewMessage, Room, SessionId, SessionRecord, UserId};
+use super::model::{
+    ChatMessage, Envelope, MessageKey, NewMessage, Room, SessionId, SessionRecord, UserId,
+};
 use super::names::{Nickname, RoomName};
 
 /// A storage failure. Cloneable so one failed batch can answer every waiter in it.
@@ -82,6 +84,10 @@ pub trait Store: Send + Sync + 'static {
     /// returns `Ok`, every message is on disk; an error other than
     /// [`Ambiguous`](StoreError::Ambiguous) means none of the new ones was stored.
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// The stored message with this key, if any: a retried send's original, looked up when the
+    /// retry can no longer be appended (its session left the room).
+    async fn message_by_key(&self, key: MessageKey) -> Result<Option<ChatMessage>, StoreError>;
 
     /// The last `limit` messages of a room with `seq < before` (all when `None`), oldest first.
     async fn messages_before(

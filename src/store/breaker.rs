@@ -20,7 +20,7 @@ use failsafe::failure_policy::ConsecutiveFailures;
 use failsafe::futures::CircuitBreaker;
 use failsafe::{Config, StateMachine};
 
-use crate::core::model::{ChatMessage, NewMessage, Room, UserId};
+use crate::core::model::{ChatMessage, MessageKey, NewMessage, Room, UserId};
 use crate::core::names::{Nickname, RoomName};
 use crate::core::ports::{Circuit, RoomTail, Store, StoreError};
 use crate::telemetry::metric;
@@ -252,6 +252,10 @@ impl Store for BreakerStore {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         self.bounded(self.inner.messages_before(room_id, before, limit))
             .await
+    }
+
+    async fn message_by_key(&self, key: MessageKey) -> Result<Option<ChatMessage>, StoreError> {
+        self.bounded(self.inner.message_by_key(key)).await
     }
 
     async fn messages_after(

@@ -131,6 +131,10 @@ impl Store for MemoryStore {
         Ok(stored)
     }
 
+    async fn message_by_key(&self, key: MessageKey) -> Result<Option<ChatMessage>, StoreError> {
+        Ok(self.state().keys.get(&key).cloned())
+    }
+
     async fn messages_before(
         &self,
         room_id: i64,

@@ -613,6 +613,19 @@ impl Store for PgStore {
         rows(found)
     }
 
+    async fn message_by_key(&self, key: MessageKey) -> Result<Option<ChatMessage>, StoreError> {
+        let found: Vec<KeyedRow> = sqlx::query_as(BY_KEY)
+            .bind([key])
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed("reading a message by its key"))?;
+        found
+            .into_iter()
+            .next()
+            .map(|row| ChatMessage::try_from(row.message))
+            .transpose()
+    }
+
     async fn messages_after(
         &self,
         room_id: i64,

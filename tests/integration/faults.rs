@@ -312,6 +312,15 @@ async fn a_retried_send_with_its_client_message_id_posts_once_on_any_replica() {
         )
         .await;
     assert_eq!(moved, first);
+    // And after it left every room (SPEC §4: the original reply, nothing posted).
+    a.command(&web, "/leave").await;
+    let left = b
+        .post(
+            "/api/message",
+            json!({ "sessionId": web, "content": "once", "clientMessageId": "k-1" }),
+        )
+        .await;
+    assert_eq!(left, first);
     // Events published by two replicas may come in either order; the messages in theirs.
     let mut seen = Vec::new();
     for _ in 0..5 {

@@ -137,7 +137,18 @@ impl Chat {
         }
         self.check_rate(&session).await?;
         let key = client_id.map(|c| Uuid::new_v5(&KEY_NAMESPACE, format!("{id}:{c}").as_bytes()));
-        let ack = self.send(&session, content, key).await?;
+        let ack = match (self.send(&session, content, key).await, key) {
+            (Ok(ack), _) => ack,
+            // A retry after the session left its room: the original, if it was stored.
+            (Err(Error::NotInRoom), Some(key)) => {
+                return self
+                    .store
+                    .message_by_key(key)
+                    .await?
+                    .ok_or(Error::NotInRoom);
+            }
+            (Err(e), _) => return Err(e),
+        };
         let message = ack.committed().await?;
         // Activity keeps the session alive; but an acknowledgement earned is never taken back.
         self.touch_quietly(id).await;

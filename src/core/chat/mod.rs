@@ -540,6 +540,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_client_message_id_returns_the_original_after_the_session_left_its_room() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        let first = chat.post(web.id, "once", Some("k")).await.unwrap();
+        chat.command(web.id, "/leave").await.unwrap();
+        let again = chat.post(web.id, "once", Some("k")).await.unwrap();
+        assert_eq!(again, first);
+        assert!(matches!(
+            chat.post(web.id, "new", Some("k2")).await,
+            Err(Error::NotInRoom)
+        ));
+    }
+
+    #[tokio::test]
     async fn a_dm_reaches_the_recipient_and_an_unknown_one_is_refused() {
         let chat = chat();
         let (mut ann, _) = live(&chat, "ann").await;
