@@ -37,15 +37,17 @@ impl Slots {
     /// A slot for a new connection or stream; refused (and counted) past the rate or when the
     /// pod is full.
     pub fn take(&self) -> Result<OwnedSemaphorePermit, Error> {
-        let (reason, error) = if self.rate.check().is_err() {
-            ("connect_rate", Error::TooManyConnections)
-        } else if let Ok(slot) = self.open.clone().try_acquire_owned() {
-            return Ok(slot);
-        } else {
-            ("server_full", Error::ServerFull)
+        let refused = |reason: &'static str, error| {
+            metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
+            error
         };
-        metrics::counter!(metric::DROPPED, "reason" => reason).increment(1);
-        Err(error)
+        if self.rate.check().is_err() {
+            return Err(refused("connect_rate", Error::TooManyConnections));
+        }
+        self.open
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused("server_full", Error::ServerFull))
     }
 }
 

@@ -267,11 +267,6 @@ impl Pace {
     }
 }
 
-/// Sends each message as the pacer says it is due, stamped with the time it was *due*, not the
-/// time it left, so a server that falls behind is charged for the wait. Whatever is due by the
-/// time the sender gets to run goes out in one write. Returns how many it sent, and the port,
-/// which must stay open until the receivers are done. A sender the server cut off stops early;
-/// the receivers' counts show what that cost.
 /// Who an HTTP sender posts as.
 enum Poster {
     Web(WebUser),
@@ -287,6 +282,11 @@ impl Poster {
     }
 }
 
+/// Sends each message as the pacer says it is due, stamped with the time it was *due*, not the
+/// time it left, so a server that falls behind is charged for the wait. Whatever is due by the
+/// time the sender gets to run goes out in one write. Returns how many it sent, and the port,
+/// which must stay open until the receivers are done. A sender the server cut off stops early;
+/// the receivers' counts show what that cost.
 async fn send(
     mut port: Port,
     id: usize,
