@@ -189,6 +189,11 @@ impl Outbox {
         self.queue.capacity
     }
 
+    /// How many more deliveries its queue takes now.
+    pub fn room_left(&self) -> usize {
+        self.queue.room_left()
+    }
+
     /// Waits (up to `limit`) until the queue has room for `n` deliveries. A receiver that does
     /// not make room in time is too slow: it is marked (and counted) and false is returned; false
     /// too when it is gone.

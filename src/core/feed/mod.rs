@@ -403,7 +403,7 @@ impl Inner {
                 }
                 let mut feed = cell.feed();
                 let result = step(&mut feed);
-                let due = (feed.gap().is_some() && !feed.repairing).then(|| Instant::now() + HOLD);
+                let due = (feed.needs_repair() && !feed.repairing).then(|| Instant::now() + HOLD);
                 (result, due)
             };
             if let Some(due) = due {
@@ -514,6 +514,35 @@ mod tests {
         feeds.deliver(Envelope::Message(next));
         assert_eq!(next_seq(&mut inbox).await, 3);
         assert_eq!(next_seq(&mut inbox).await, 4);
+    }
+
+    /// Seq 3 is committed and its publish lost, then 300 more arrive live (a queue holds 64):
+    /// what was held behind the hole must go out no faster than the member reads it.
+    async fn a_long_hold(late: bool) {
+        let (store, feeds, room) = room_with(2).await;
+        let (member, mut inbox) = receiver();
+        feeds.join(&room, member).await.unwrap();
+        let lost = append(&store, &room, "lost").await;
+        for i in 0..300 {
+            let next = append(&store, &room, &format!("after {i}")).await;
+            feeds.deliver(Envelope::Message(next));
+        }
+        if late {
+            feeds.deliver(Envelope::Message(lost));
+        }
+        for seq in 3..=302 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_gap_repaired_from_the_store_goes_out_as_fast_as_members_read() {
+        a_long_hold(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_long_hold_released_by_a_late_publish_goes_out_as_fast_as_members_read() {
+        a_long_hold(true).await;
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Gap repair: a feed whose order has a hole — a message held after a gap past its hold, or a
 //! tail probe showing the store ahead — reads the missing seqs from the store, page by page, with
-//! back-off while the store fails, until it is contiguous. One repair at a time per room; it runs
-//! in a task of its own, never on the delivery path.
+//! back-off while the store fails, until it is contiguous; and releases what was held behind the
+//! hole. Each page and each part of the backlog goes out as fast as the members take it. One
+//! repair at a time per room; it runs in a task of its own, never on the delivery path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::room::HOLD;
-use super::{Cell, Inner, PACE_LIMIT, PAGE, backoff, lock};
+use super::{Cell, Inner, PACE_LIMIT, backoff, lock};
 use crate::core::model::{ChatMessage, Room};
 use crate::core::ports::Store;
 use crate::telemetry::metric;
@@ -89,22 +90,37 @@ enum Next {
     Done,
     /// A gap is still within its hold: look again then.
     Wait(Instant),
-    /// Read after `.1` (up to `.2`) in room `.0`.
-    Read(Room, (i64, i64)),
+    /// Release the next `.0` messages of the backlog once members have room for them.
+    Release(usize),
+    /// Read `.2` messages after `.1.0` (the gap ends at `.1.1`) in room `.0`.
+    Read(Room, (i64, i64), usize),
 }
 
 fn next_step(cell: &Cell) -> Next {
     let mut feed = cell.feed();
     let now = Instant::now();
-    match feed.gap() {
+    if feed.is_empty() {
         // Nobody left to repair it for: whoever joins next starts a repair afresh.
-        Some(_) if feed.is_empty() => {}
-        Some(_) if !feed.gap_due(now) => return Next::Wait(now + HOLD),
-        Some(gap) => return Next::Read(feed.room.clone(), gap),
-        None => {}
+    } else if feed.backlog() {
+        return Next::Release(feed.step());
+    } else if let Some(gap) = feed.gap() {
+        if !feed.gap_due(now) {
+            return Next::Wait(now + HOLD);
+        }
+        return Next::Read(feed.room.clone(), gap, feed.step());
     }
     feed.stand_down();
     Next::Done
+}
+
+/// Waits (up to PACE_LIMIT) until every member's queue has room for `n` more: a step pushed
+/// sooner would overflow the queues of members who only needed a moment to read the last one.
+/// Past the limit the step goes anyway, and a member still without room is too slow.
+async fn paced(cell: &Cell, n: usize) {
+    let limit = Instant::now() + PACE_LIMIT;
+    while !cell.feed().members_have_room(n) && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Puts a page read from the store into the feed. A page that does not start right after the
@@ -137,25 +153,25 @@ async fn repair(store: Arc<dyn Store>, cell: Arc<Cell>, due: Instant, shutdown: 
         {
             return;
         }
-        let (room, gap) = match next_step(&cell) {
+        let (room, gap, n) = match next_step(&cell) {
             Next::Done => return,
             Next::Wait(until) => {
                 wait_until = until;
                 continue;
             }
-            Next::Read(room, gap) => (room, gap),
+            Next::Release(n) => {
+                paced(&cell, n).await;
+                cell.feed().release_step(n, Instant::now());
+                wait_until = Instant::now();
+                continue;
+            }
+            Next::Read(room, gap, n) => (room, gap, n),
         };
-        match store.messages_after(room.id, gap.0, PAGE).await {
+        match store.messages_after(room.id, gap.0, n).await {
             Ok(page) => {
                 fill(&cell, &room, gap, page);
                 delays = backoff();
-                // A long gap goes out a page at a time, as fast as the members take it: pushed
-                // all at once it would overflow the queues of members who only needed a moment
-                // to read it.
-                let paced = Instant::now() + PACE_LIMIT;
-                while !cell.feed().members_have_room(PAGE) && Instant::now() < paced {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                paced(&cell, n).await;
                 wait_until = Instant::now();
             }
             Err(e) => {

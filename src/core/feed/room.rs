@@ -7,6 +7,10 @@
 //! follow within a short hold (the async side, in `feed::mod`, does the reading). The history
 //! ring is always the gap-free run ending at the last seq delivered, so a joiner's history block
 //! and its live messages meet exactly.
+//!
+//! A live message goes to every member at once: a member whose queue is full is too slow. What
+//! was held behind a gap is not live, and may be thousands of messages when the gap closes: it is
+//! released no faster than every member's queue takes it (a backlog), paced by the repair.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::PAGE;
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Room, SessionId};
 use crate::core::outbox::Outbox;
 
@@ -86,6 +91,31 @@ impl RoomFeed {
         self.members.iter().all(|m| !m.is_open() || m.can_take(n))
     }
 
+    /// How many messages a repair reads or releases in one step: a page, or half the smallest
+    /// member's queue if that is less, so a step never fills a queue that was empty.
+    pub fn step(&self) -> usize {
+        let smallest = self.members.iter().map(|m| m.capacity()).min();
+        smallest.map_or(PAGE, |c| (c / 2).clamp(1, PAGE))
+    }
+
+    /// Whether messages held after a gap now follow without one, waiting for members' queues to
+    /// take them.
+    pub fn backlog(&self) -> bool {
+        let next = self.delivered.map(|d| d + 1);
+        next.is_some() && self.held.keys().next() == next.as_ref()
+    }
+
+    /// Whether a repair has work: a gap, or a backlog to release.
+    pub fn needs_repair(&self) -> bool {
+        self.gap().is_some() || self.backlog()
+    }
+
+    /// Releases the next `n` messages of the backlog, room in members' queues or not (a repair's
+    /// last resort: a member that made no room for that long is too slow).
+    pub fn release_step(&mut self, n: usize, now: Instant) {
+        self.release(n, now);
+    }
+
     /// The first store read: the room's newest messages (oldest first) and its last seq. Whatever
     /// arrived meanwhile and follows is delivered now.
     pub fn load(&mut self, recent: Vec<ChatMessage>, last_seq: i64, now: Instant) {
@@ -103,18 +133,21 @@ impl RoomFeed {
         if self.ring.back().and_then(|m| m.seq()) != Some(last_seq) {
             self.ring.clear();
         }
-        self.release(now);
+        self.release_paced(now);
     }
 
-    /// Admits a message from anywhere. Returns when a gap that needs a repair began (the hold's
-    /// end), if this admission opened one.
+    /// Admits a message from anywhere. Returns when a repair should start, if this admission
+    /// gave it work: a gap opened (at the hold's end), or a backlog left to release (now).
     pub fn admit(&mut self, message: Arc<Broadcast>, now: Instant) -> Option<Instant> {
         let seq = message.seq()?;
         match self.delivered {
             Some(delivered) if seq <= delivered => return None,
             Some(delivered) if seq == delivered + 1 => {
                 self.deliver(message);
-                self.release(now);
+                self.release_paced(now);
+                if self.backlog() {
+                    return Some(now);
+                }
             }
             _ => {
                 if self.held.len() < MAX_HELD {
@@ -140,12 +173,13 @@ impl RoomFeed {
         self.gap_opened(now)
     }
 
-    /// The seqs missing now: everything after `.0` up to `.1`.
+    /// The seqs missing now: everything after `.0` up to `.1`. None while a backlog waits: what
+    /// is missing after it shows once it is released.
     pub fn gap(&self) -> Option<(i64, i64)> {
         let delivered = self.delivered?;
-        // Held messages always start beyond `delivered + 1`: `release` took the rest.
+        // Held messages start at `delivered + 1` (a backlog) or beyond (a gap).
         if let Some(&first) = self.held.keys().next() {
-            return Some((delivered, first - 1));
+            return (first > delivered + 1).then_some((delivered, first - 1));
         }
         (self.tail > delivered).then_some((delivered, self.tail))
     }
@@ -168,7 +202,7 @@ impl RoomFeed {
         self.ring.clear();
         let reset = Delivery::reset(self.room.name.clone(), up_to + 1);
         self.members.retain(|m| m.push(reset.clone()));
-        self.release(now);
+        self.release_paced(now);
     }
 
     /// The newest `n` messages delivered, oldest first.
@@ -252,20 +286,36 @@ impl RoomFeed {
         }
     }
 
-    /// Delivers the held messages that now follow without a gap; forgets the ones already past.
-    fn release(&mut self, now: Instant) {
+    /// Releases as much of the backlog as every member's queue has room for now.
+    fn release_paced(&mut self, now: Instant) {
+        if !self.backlog() && self.held.is_empty() {
+            return;
+        }
+        let room = self
+            .members
+            .iter()
+            .filter(|m| m.is_open())
+            .map(|m| m.room_left())
+            .min();
+        self.release(room.unwrap_or(usize::MAX), now);
+    }
+
+    /// Delivers up to `n` held messages that now follow without a gap; forgets the ones already
+    /// past.
+    fn release(&mut self, mut n: usize, now: Instant) {
         let Some(mut delivered) = self.delivered else {
             return;
         };
         while let Some(entry) = self.held.first_entry() {
             let seq = *entry.key();
-            if seq > delivered + 1 {
+            if seq > delivered + 1 || (seq == delivered + 1 && n == 0) {
                 break;
             }
             let message = entry.remove();
             if seq == delivered + 1 {
                 self.deliver(message);
                 delivered = seq;
+                n -= 1;
             }
         }
         if self.gap().is_none() {
@@ -385,6 +435,37 @@ mod tests {
         // The bus copy of a filled message arriving late is a repeat.
         admit(&mut feed, 6, now);
         assert_eq!(received(&mut inbox), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn what_was_held_behind_a_gap_goes_out_no_faster_than_the_members_queues_take_it() {
+        let (mut feed, mut first, now) = at_four();
+        let id = SessionId::random();
+        let (small, mut inbox) = queue(id, id, 4);
+        feed.join(small, 0);
+        for seq in 6..=12 {
+            admit(&mut feed, seq, now);
+        }
+        assert_eq!(
+            admit(&mut feed, 5, now),
+            Some(now),
+            "a backlog, for the repair now"
+        );
+        assert_eq!(
+            received(&mut inbox),
+            [5, 6, 7, 8],
+            "as much as the queue took"
+        );
+        assert!(feed.backlog());
+        assert_eq!(feed.gap(), None);
+        assert_eq!(feed.step(), 2, "half the smallest queue");
+        feed.release_step(feed.step(), now);
+        assert_eq!(received(&mut inbox), [9, 10]);
+        feed.release_step(feed.step(), now);
+        feed.release_step(feed.step(), now);
+        assert_eq!(received(&mut inbox), [11, 12]);
+        assert!(!feed.needs_repair());
+        assert_eq!(received(&mut first), (5..=12).collect::<Vec<_>>());
     }
 
     #[test]
