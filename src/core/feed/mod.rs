@@ -31,6 +31,7 @@ use super::names::{Nickname, RoomName};
 use super::outbox::Outbox;
 use super::ports::{Store, StoreError};
 use crate::telemetry::metric;
+use catch_up::Reader;
 use directory::Directory;
 pub use room::HOLD;
 use room::RoomFeed;
@@ -61,8 +62,8 @@ pub struct RoomActivity {
 struct Inner {
     store: Arc<dyn Store>,
     history_size: usize,
-    // std Mutexes, never held across an await. Lock order: rooms, then a feed; the directory is
-    // never held together with either.
+    // std Mutexes, never held across an await. Lock order: rooms, then a feed, then the
+    // directory (a catch-up asks it whether a stream still follows its session to this room).
     rooms: Mutex<HashMap<RoomName, Arc<Cell>>>,
     directory: Mutex<Directory>,
     catch_ups: Semaphore,
@@ -171,12 +172,11 @@ impl Feeds {
     /// else after a catch-up from the store that runs in the background, page by page, as fast
     /// as the receiver reads.
     pub async fn attach(&self, room: &Room, member: Outbox, cursor: i64) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        let wanted = {
-            let member = member.clone();
-            move || member.is_open()
+        let reader = Reader {
+            outbox: member,
+            follows: None,
         };
-        inner.attach(room, member, cursor, wanted).await
+        self.inner.clone().attach(room, reader, cursor).await
     }
 
     /// Where a new stream of `room` starts: the last seq delivered here, or the store's.
@@ -308,9 +308,11 @@ impl Feeds {
     ) -> Result<(), StoreError> {
         let generation = lock(&self.inner.directory).follow(record, &outbox);
         if let Some(room) = &record.room {
-            let inner = self.inner.clone();
-            let wanted = inner.clone().follower_wanted(outbox.clone(), generation);
-            inner.attach(room, outbox, from, wanted).await?;
+            let reader = Reader {
+                outbox,
+                follows: Some(generation),
+            };
+            self.inner.clone().attach(room, reader, from).await?;
         }
         Ok(())
     }
@@ -393,7 +395,7 @@ impl Inner {
         loop {
             let cell = self.cell_or_new(room);
             if let Err(e) = self.load(&cell).await {
-                self.drop_if_unused(&room.name, &cell);
+                self.forget_if_empty(&room.name);
                 return Err(e);
             }
             let (result, due) = {
@@ -413,10 +415,12 @@ impl Inner {
         }
     }
 
-    /// Forgets a feed nobody is in (its load failed, say), so it does not sit holding messages.
-    fn drop_if_unused(&self, room: &RoomName, cell: &Arc<Cell>) {
+    /// Forgets a room's feed if nobody is in it (its load failed, say, or the receiver it was
+    /// made for has gone), so it does not sit holding messages. One being loaded for a joiner
+    /// meanwhile is made again by its `enter`.
+    fn forget_if_empty(&self, room: &RoomName) {
         let mut rooms = lock(&self.rooms);
-        if rooms.get(room).is_some_and(|c| Arc::ptr_eq(c, cell)) && cell.feed().is_empty() {
+        if rooms.get(room).is_some_and(|c| c.feed().is_empty()) {
             rooms.remove(room);
         }
     }
@@ -450,10 +454,81 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{Delivery, MessageKey, NewMessage};
+    use crate::core::model::{Delivery, MessageKey, NewMessage, UserId};
     use crate::core::outbox::{Inbox, queue};
+    use crate::core::ports::RoomTail;
     use crate::store::memory::MemoryStore;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use time::OffsetDateTime;
+    use tokio::sync::Notify;
+
+    /// A store whose next `messages_after`, once armed, waits until let go: a catch-up caught
+    /// between its read and its queueing.
+    struct Gated {
+        store: MemoryStore,
+        armed: AtomicBool,
+        reading: Notify,
+        go: Semaphore,
+    }
+
+    #[async_trait]
+    impl Store for Gated {
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.store.ping().await
+        }
+        async fn upsert_user(&self, nick: &Nickname) -> Result<UserId, StoreError> {
+            self.store.upsert_user(nick).await
+        }
+        async fn create_room(&self, name: &RoomName) -> Result<Option<Room>, StoreError> {
+            self.store.create_room(name).await
+        }
+        async fn find_room(&self, name: &RoomName) -> Result<Option<Room>, StoreError> {
+            self.store.find_room(name).await
+        }
+        async fn list_rooms(&self) -> Result<Vec<Room>, StoreError> {
+            self.store.list_rooms().await
+        }
+        async fn add_member(&self, room_id: i64, user_id: UserId) -> Result<(), StoreError> {
+            self.store.add_member(room_id, user_id).await
+        }
+        async fn append_messages(
+            &self,
+            batch: &[NewMessage],
+        ) -> Result<Vec<ChatMessage>, StoreError> {
+            self.store.append_messages(batch).await
+        }
+        async fn message_by_key(&self, key: MessageKey) -> Result<Option<ChatMessage>, StoreError> {
+            self.store.message_by_key(key).await
+        }
+        async fn messages_before(
+            &self,
+            room_id: i64,
+            before: Option<i64>,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, StoreError> {
+            self.store.messages_before(room_id, before, limit).await
+        }
+        async fn messages_after(
+            &self,
+            room_id: i64,
+            after: i64,
+            limit: usize,
+        ) -> Result<Vec<ChatMessage>, StoreError> {
+            let page = self.store.messages_after(room_id, after, limit).await;
+            if self.armed.swap(false, Ordering::AcqRel) {
+                self.reading.notify_one();
+                self.go.acquire().await.unwrap().forget();
+            }
+            page
+        }
+        async fn room_tails(&self, room_ids: &[i64]) -> Result<Vec<RoomTail>, StoreError> {
+            self.store.room_tails(room_ids).await
+        }
+        async fn epoch(&self) -> Result<String, StoreError> {
+            self.store.epoch().await
+        }
+    }
 
     /// A store with one room of `count` messages, and feeds over it.
     async fn room_with(count: usize) -> (Arc<MemoryStore>, Feeds, Room) {
@@ -543,6 +618,77 @@ mod tests {
     #[tokio::test]
     async fn a_long_hold_released_by_a_late_publish_goes_out_as_fast_as_members_read() {
         a_long_hold(true).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receivers_that_do_not_read_keep_no_turn_from_a_resume_that_does() {
+        let (_store, feeds, room) = room_with(600).await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CATCH_UPS {
+            let (outbox, inbox) = receiver();
+            feeds.attach(&room, outbox, 0).await.unwrap();
+            idle.push(inbox);
+        }
+        let (outbox, mut inbox) = receiver();
+        feeds.attach(&room, outbox, 0).await.unwrap();
+        // The others have PACE_LIMIT to make room before they are cut off as too slow; this one
+        // must not wait for that.
+        let first = tokio::time::timeout(PACE_LIMIT / 2, next_seq(&mut inbox)).await;
+        assert_eq!(first.ok(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_page_read_before_a_stream_moved_away_and_back_is_not_shown_after() {
+        let store = Arc::new(Gated {
+            store: MemoryStore::new(10_000),
+            armed: AtomicBool::new(false),
+            reading: Notify::new(),
+            go: Semaphore::new(0),
+        });
+        let mut rooms = Vec::new();
+        for (name, count) in [("a", 20), ("b", 3)] {
+            let room = store
+                .create_room(&RoomName::parse(name).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            for i in 0..count {
+                append(&store.store, &room, &format!("{name}{i}")).await;
+            }
+            rooms.push(room);
+        }
+        let feeds = Feeds::new(store.clone(), 3, CancellationToken::new());
+        let mut record = SessionRecord {
+            id: SessionId::random(),
+            user_id: 1,
+            nick: Nickname::parse("web").unwrap(),
+            room: Some(rooms[0].clone()),
+            seen: 2,
+        };
+        let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
+        store.armed.store(true, Ordering::Release);
+        // Far behind a's ring: a catch-up reads after 2, and is held with its page.
+        feeds.follow(&record, 2, outbox).await.unwrap();
+        store.reading.notified().await;
+        // The session goes to b and back to a, shown up to 10 there.
+        record.room = Some(rooms[1].clone());
+        record.seen = 3;
+        feeds.deliver(Envelope::SessionMoved(record.clone()));
+        record.room = Some(rooms[0].clone());
+        record.seen = 10;
+        feeds.deliver(Envelope::SessionMoved(record));
+        assert_eq!(next_seq(&mut inbox).await, 0, "moved to b");
+        assert_eq!(next_seq(&mut inbox).await, 0, "moved back to a");
+        for seq in 11..=20 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+        // The first catch-up's page (3 ..= 20) comes back from the store now.
+        store.go.add_permits(1);
+        feeds.inner.tasks.close();
+        feeds.inner.tasks.wait().await;
+        let live = append(&store.store, &rooms[0], "live").await;
+        feeds.deliver(Envelope::Message(live));
+        assert_eq!(next_seq(&mut inbox).await, 21);
     }
 
     #[tokio::test]
