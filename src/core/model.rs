@@ -153,6 +153,28 @@ pub struct SessionRecord {
     /// event streams start, and the lowest position a resuming stream of it can have there.
     #[serde(default)]
     pub seen: i64,
+    /// Orders the session's saved records, newer higher: two pods' announcements of its moves
+    /// can arrive out of order, and a stream must follow only the newest. 0 from a pod of an
+    /// older release, which did not stamp them.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl SessionRecord {
+    /// Stamps a changed record newer than the one it was loaded as: the clock in µs, or one
+    /// past the last stamp when the clock is behind it. Strictly increasing per session (saves
+    /// are compare-and-set), and still increasing after a pod of an older release saved the
+    /// record unstamped.
+    pub fn revise(&mut self) {
+        let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
+        self.revision = (self.revision + 1).max(u64::try_from(now).unwrap_or(0));
+    }
+
+    /// Whether this record should replace `held`, one seen before: a newer revision, or an
+    /// unstamped one (from a pod of an older release, taken as newer as it was before stamps).
+    pub fn supersedes(&self, held: &SessionRecord) -> bool {
+        self.revision == 0 || self.revision > held.revision
+    }
 }
 
 /// An event on its way to many receivers.

@@ -77,7 +77,11 @@ impl Chat {
             return reply;
         }
         // Saved even after an error: a command may have changed the session before failing.
-        let record = session.record().ok_or(Error::UnknownSession)?;
+        let mut record = session.record().ok_or(Error::UnknownSession)?;
+        let changed = before.as_ref() != Some(&record);
+        if changed {
+            record.revise();
+        }
         let saved = self
             .sessions
             .save(&record, session.version, self.limits.session_idle)
@@ -90,7 +94,7 @@ impl Chat {
                 // Its streams follow only a move that was saved: one published before a save
                 // that then failed would take them where the session is not, and its next
                 // keepalive back — re-showing the room from the session's join.
-                if before.as_ref() != Some(&record) {
+                if changed {
                     self.publish_moved(record);
                 }
                 reply

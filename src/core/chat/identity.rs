@@ -55,13 +55,15 @@ impl Chat {
         let id = SessionId::random();
         let holder = Holder::Session(self.limits.session_idle);
         let user = self.claim_user(id, nick, holder).await?;
-        let record = SessionRecord {
+        let mut record = SessionRecord {
             id,
             user_id: user.id,
             nick: user.nick,
             room: None,
             seen: 0,
+            revision: 0,
         };
+        record.revise();
         if let Err(e) = self
             .sessions
             .create(&record, self.limits.session_idle)

@@ -58,13 +58,16 @@ impl Directory {
         }
     }
 
-    /// Keeps `record` while stream `stream` of its session is open here.
+    /// Keeps `record` (unless a newer one is held) while stream `stream` of its session is open
+    /// here.
     pub fn hold(&mut self, record: &SessionRecord, stream: SessionId) {
         let held = self
             .records
             .entry(record.id)
             .or_insert_with(|| (record.clone(), one()));
-        held.0 = record.clone();
+        if record.supersedes(&held.0) {
+            held.0 = record.clone();
+        }
         held.1.push(stream);
     }
 
@@ -108,9 +111,14 @@ impl Directory {
     }
 
     /// The session moved: each stream of it takes the new nickname for DMs. Returns, for every
-    /// stream whose room changed, its queue, the room it leaves and its new generation.
+    /// stream whose room changed, its queue, the room it leaves and its new generation. A record
+    /// older than the one held (two pods' moves crossing on the bus, a keepalive's read from
+    /// before a move) changes nothing.
     pub fn moved(&mut self, record: &SessionRecord) -> Vec<(Outbox, Option<RoomName>, u64)> {
         if let Some((held, _)) = self.records.get_mut(&record.id) {
+            if !record.supersedes(held) {
+                return Vec::new();
+            }
             *held = record.clone();
         }
         let Some(followers) = self.followers.get_mut(&record.id) else {

@@ -664,6 +664,7 @@ mod tests {
             nick: Nickname::parse("web").unwrap(),
             room: Some(rooms[0].clone()),
             seen: 2,
+            revision: 1,
         };
         let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
         store.armed.store(true, Ordering::Release);
@@ -673,9 +674,11 @@ mod tests {
         // The session goes to b and back to a, shown up to 10 there.
         record.room = Some(rooms[1].clone());
         record.seen = 3;
+        record.revise();
         feeds.deliver(Envelope::SessionMoved(record.clone()));
         record.room = Some(rooms[0].clone());
         record.seen = 10;
+        record.revise();
         feeds.deliver(Envelope::SessionMoved(record));
         assert_eq!(next_seq(&mut inbox).await, 0, "moved to b");
         assert_eq!(next_seq(&mut inbox).await, 0, "moved back to a");
@@ -689,6 +692,49 @@ mod tests {
         let live = append(&store.store, &rooms[0], "live").await;
         feeds.deliver(Envelope::Message(live));
         assert_eq!(next_seq(&mut inbox).await, 21);
+    }
+
+    #[tokio::test]
+    async fn a_move_older_than_one_already_followed_is_ignored() {
+        let (store, feeds, first) = room_with(2).await;
+        let mut rooms = vec![first];
+        for name in ["b", "c"] {
+            let room = store
+                .create_room(&RoomName::parse(name).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            rooms.push(room);
+        }
+        let id = SessionId::random();
+        let record = |room: &Room, revision| SessionRecord {
+            id,
+            user_id: 1,
+            nick: Nickname::parse("web").unwrap(),
+            room: Some(room.clone()),
+            seen: 0,
+            revision,
+        };
+        let (outbox, mut inbox) = queue(SessionId::random(), id, 64);
+        feeds
+            .follow(&record(&rooms[0], 1), 2, outbox)
+            .await
+            .unwrap();
+        // The session went to c (revision 2: one pod), then to b (3: another pod); b's news
+        // arrives first, then c's; then a keepalive's read from before both.
+        feeds.deliver(Envelope::SessionMoved(record(&rooms[1], 3)));
+        feeds.deliver(Envelope::SessionMoved(record(&rooms[2], 2)));
+        feeds.deliver(Envelope::SessionMoved(record(&rooms[0], 1)));
+        assert_eq!(next_seq(&mut inbox).await, 0, "moved to b");
+        let in_c = append(&store, &rooms[2], "in c").await;
+        feeds.deliver(Envelope::Message(in_c));
+        let in_b = append(&store, &rooms[1], "in b").await;
+        feeds.deliver(Envelope::Message(in_b));
+        assert_eq!(
+            next_seq(&mut inbox).await,
+            1,
+            "b's message, nothing else before it"
+        );
     }
 
     #[tokio::test]
@@ -738,11 +784,13 @@ mod tests {
             nick: Nickname::parse("web").unwrap(),
             room: Some(first.clone()),
             seen: 2,
+            revision: 1,
         };
         let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
         feeds.follow(&record, 2, outbox).await.unwrap();
         record.room = Some(second.clone());
         record.seen = 1;
+        record.revise();
         feeds.deliver(Envelope::SessionMoved(record));
         assert_eq!(next_seq(&mut inbox).await, 0, "told it moved");
         assert_eq!(
