@@ -170,6 +170,14 @@ impl SessionRecord {
         self.revision = (self.revision + 1).max(u64::try_from(now).unwrap_or(0));
     }
 
+    /// Names the session's state a stream opened now starts in: its room and revision. Kept by
+    /// the client (a cookie) and sent back when it resumes: a stream resumed with another mark
+    /// may have followed its session through rooms since, and its last id may be another room's.
+    pub fn mark(&self) -> String {
+        let room = self.room.as_ref().map_or("", |r| r.name.as_str());
+        format!("{room}.{}", self.revision)
+    }
+
     /// Whether this record should replace `held`, one seen before: a newer revision, or an
     /// unstamped one (from a pod of an older release, taken as newer as it was before stamps).
     pub fn supersedes(&self, held: &SessionRecord) -> bool {

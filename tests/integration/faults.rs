@@ -879,6 +879,68 @@ async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_i
 }
 
 #[tokio::test]
+async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_the_other_rooms_id_gets_a_reset()
+ {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = Client::login(cluster.tcp(0), "nc").await;
+    nc.create("busy").await;
+    for i in 0..35 {
+        nc.send(&format!("b{i}")).await;
+        nc.expect(&format!("[busy] nc: b{i}")).await;
+    }
+    nc.create("calm").await;
+    for i in 0..30 {
+        nc.send(&format!("c{i}")).await;
+        nc.expect(&format!("[calm] nc: c{i}")).await;
+    }
+    let web = http.connect("web").await;
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    // The stream opens in calm (its cookie says so) and follows the session to busy, where it
+    // is told its position: 35.
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    assert_eq!(events.expect("connected").await["room"], "calm");
+    http.command(&web, "/join busy").await;
+    nc.expect("[system] web left calm").await;
+    assert_eq!(events.expect("connected").await["room"], "busy");
+    // It drops before it is told of the way back to calm, which then goes on past 35.
+    drop(events);
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    for i in 30..40 {
+        nc.send(&format!("c{i}")).await;
+        nc.expect(&format!("[calm] nc: c{i}")).await;
+    }
+    let (mut resumed, _) = http
+        .stream_with_cookie(
+            &format!("/api/events?sessionId={web}"),
+            Some(35),
+            cookie.as_deref(),
+        )
+        .await;
+    assert_eq!(resumed.expect("connected").await["room"], "calm");
+    resumed.expect("reset").await;
+    let mut contents = Vec::new();
+    while contents.last().map(String::as_str) != Some("c39") {
+        contents.push(
+            next_message(&mut resumed).await["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(
+        ["c30", "c31", "c32", "c33", "c34"]
+            .iter()
+            .all(|c| contents.iter().any(|s| s == c)),
+        "nothing after the join is skipped: {contents:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_browser_with_an_open_stream_keeps_its_session_and_name_through_a_valkey_restart() {
     let mut cluster = Cluster::start(2, &[("PRESENCE_TTL_SECS", "3")]).await;
     let mut nc = Client::login(cluster.tcp(0), "nc").await;

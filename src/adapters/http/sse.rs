@@ -68,12 +68,12 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamRequest {
         let session = credentials.session(query.session_id.as_deref())?;
         let cookies = CookieJar::from_headers(&parts.headers);
         let epoch = cookies.get(EPOCH_COOKIE).map(|c| c.value().to_owned());
-        let room = cookies
-            .get(&room_cookie(session))
+        let mark = cookies
+            .get(&mark_cookie(session))
             .map(|c| c.value().to_owned());
         Ok(StreamRequest {
             session,
-            resume: Resume { after, epoch, room },
+            resume: Resume { after, epoch, mark },
         })
     }
 }
@@ -92,9 +92,9 @@ pub async fn get_room_stream(
     let session = state.chat.resume(request.session).await?;
     let record = session.record().ok_or(Error::UnknownSession)?;
     let room = state.chat.find_room(&name).await?;
-    // The room cookie is the session stream's: this stream's room is in its path.
+    // The mark cookie is the session stream's: this stream's room is in its path.
     let resume = Resume {
-        room: None,
+        mark: None,
         ..request.resume
     };
     let stream = state.chat.open_room_stream(&record, &room, resume).await?;
@@ -116,13 +116,10 @@ pub async fn get_session_stream(
         .chat
         .open_session_stream(&record, request.resume)
         .await?;
-    let room = record
-        .room
-        .as_ref()
-        .map_or_else(String::new, |r| r.name.to_string());
     let cookie = format!(
-        "{}={room}; Path=/api/; HttpOnly; SameSite=Strict; Max-Age={}",
-        room_cookie(record.id),
+        "{}={}; Path=/api/; HttpOnly; SameSite=Strict; Max-Age={}",
+        mark_cookie(record.id),
+        record.mark(),
         state.session_idle_secs
     );
     let mut response = respond(stream, slot, &state);
@@ -136,10 +133,10 @@ pub async fn get_session_stream(
 /// but not ids of our choosing, and the `id:` of an event stays the plain seq (SPEC §4).
 const EPOCH_COOKIE: &str = "chatEpoch";
 
-/// The cookie that says which room a session's stream started in, so that a position from
-/// another room is not taken for one of this room. Named after the session (a browser may hold
-/// several sessions, one per tab).
-fn room_cookie(session: SessionId) -> String {
+/// The cookie that says which state of its session (room and revision) a session's stream
+/// started in, so that a position from another room is not taken for one of this room. Named
+/// after the session (a browser may hold several sessions, one per tab).
+fn mark_cookie(session: SessionId) -> String {
     format!("chatRoom-{}", &session.to_string()[..12])
 }
 

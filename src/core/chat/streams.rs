@@ -20,14 +20,15 @@ use crate::core::outbox::{Inbox, Outbox, queue};
 const MAX_CATCH_UP: i64 = 10_000;
 
 /// Where a client resumes: after this seq — in the store history it was seen in, and (a
-/// session's stream) the room the stream was in, when the client says.
+/// session's stream) the session's state the stream started in, when the client says.
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
     pub after: Option<i64>,
     pub epoch: Option<String>,
-    /// The room a session's stream started in last time (empty: none). A position kept from a
-    /// stream that started in another room may belong to that room: it is not trusted.
-    pub room: Option<String>,
+    /// The [`SessionRecord::mark`] a session's stream started with last time. A position kept
+    /// by a stream that started in another state — another room, or one it has followed its
+    /// session out of and back into — may belong to another room: it is not trusted.
+    pub mark: Option<String>,
 }
 
 pub struct EventStream {
@@ -149,11 +150,11 @@ impl Chat {
         let from = match &record.room {
             Some(room) => {
                 let after = resume.after.unwrap_or(record.seen);
-                let same_room = resume
-                    .room
-                    .as_deref()
-                    .is_none_or(|r| RoomName::parse(r).is_ok_and(|r| r == room.name));
-                let same = resume.epoch.is_none_or(|e| e == epoch) && same_room;
+                // The session's join position is this room's whichever room the client thinks
+                // it is (the `connected` event of the join tells it as its id).
+                let this_room =
+                    after == record.seen || resume.mark.is_none_or(|m| m == record.mark());
+                let same = resume.epoch.is_none_or(|e| e == epoch) && this_room;
                 self.resume_at(room, after, Some(record.seen), same, &outbox)
                     .await?
             }
