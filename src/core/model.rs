@@ -178,10 +178,11 @@ impl SessionRecord {
         format!("{room}.{}", self.revision)
     }
 
-    /// Whether this record should replace `held`, one seen before: a newer revision, or an
-    /// unstamped one (from a pod of an older release, taken as newer as it was before stamps).
-    pub fn supersedes(&self, held: &SessionRecord) -> bool {
-        self.revision == 0 || self.revision > held.revision
+    /// Whether this record should replace one of revision `held`, seen before: a newer
+    /// revision, or an unstamped one (from a pod of an older release, or brought back after the
+    /// shared state was lost: taken as newer, as before stamps).
+    pub fn supersedes(&self, held: u64) -> bool {
+        self.revision == 0 || self.revision > held
     }
 }
 

@@ -233,6 +233,13 @@ impl Chat {
     }
 
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
+        // Unstamped: pods that hold streams of it may each bring back the record they last saw,
+        // and the last write stands; every pod's streams must then follow that one (see
+        // SessionRecord::supersedes), as their next keepalive reads it.
+        let record = &SessionRecord {
+            revision: 0,
+            ..record.clone()
+        };
         let holder = Holder::Session(self.limits.session_idle);
         match self
             .presence

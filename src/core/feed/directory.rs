@@ -30,6 +30,8 @@ struct Follower {
     outbox: Outbox,
     nick: Nickname,
     room: Option<RoomName>,
+    /// The revision of the session's record it follows: an older record's news is stale.
+    revision: u64,
     /// Bumped at every move, so that a move still being carried out when the next one comes is
     /// abandoned.
     generation: u64,
@@ -65,7 +67,7 @@ impl Directory {
             .records
             .entry(record.id)
             .or_insert_with(|| (record.clone(), one()));
-        if record.supersedes(&held.0) {
+        if record.supersedes(held.0.revision) {
             held.0 = record.clone();
         }
         held.1.push(stream);
@@ -91,6 +93,7 @@ impl Directory {
                 outbox: outbox.clone(),
                 nick: record.nick.clone(),
                 room: record.room.as_ref().map(|r| r.name.clone()),
+                revision: record.revision,
                 generation: 0,
             });
         self.hold(record, outbox.id);
@@ -111,14 +114,13 @@ impl Directory {
     }
 
     /// The session moved: each stream of it takes the new nickname for DMs. Returns, for every
-    /// stream whose room changed, its queue, the room it leaves and its new generation. A record
-    /// older than the one held (two pods' moves crossing on the bus, a keepalive's read from
-    /// before a move) changes nothing.
+    /// stream whose room changed, its queue, the room it leaves and its new generation. A stream
+    /// already following a record as new (two pods' moves crossing on the bus, a keepalive's
+    /// read from before a move) is left as it is.
     pub fn moved(&mut self, record: &SessionRecord) -> Vec<(Outbox, Option<RoomName>, u64)> {
-        if let Some((held, _)) = self.records.get_mut(&record.id) {
-            if !record.supersedes(held) {
-                return Vec::new();
-            }
+        if let Some((held, _)) = self.records.get_mut(&record.id)
+            && record.supersedes(held.revision)
+        {
             *held = record.clone();
         }
         let Some(followers) = self.followers.get_mut(&record.id) else {
@@ -128,6 +130,10 @@ impl Directory {
         let mut renamed = Vec::new();
         let mut moved = Vec::new();
         for follower in followers.iter_mut() {
+            if !record.supersedes(follower.revision) {
+                continue;
+            }
+            follower.revision = record.revision;
             if follower.nick.as_str() != record.nick.as_str() {
                 renamed.push((follower.nick.clone(), follower.outbox.clone()));
                 follower.nick = record.nick.clone();

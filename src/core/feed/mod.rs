@@ -577,6 +577,21 @@ mod tests {
         }
     }
 
+    /// The content of the next message a receiver is given.
+    async fn next_content(inbox: &mut Inbox) -> String {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("an open queue");
+        match delivery {
+            Delivery::Event(event) => match &event.event {
+                Event::Message(m) => m.content.clone(),
+                other => panic!("not a message: {other:?}"),
+            },
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_message_the_bus_never_brought_is_read_from_the_store_after_the_hold() {
         let (store, feeds, room) = room_with(2).await;
@@ -731,10 +746,41 @@ mod tests {
         let in_b = append(&store, &rooms[1], "in b").await;
         feeds.deliver(Envelope::Message(in_b));
         assert_eq!(
-            next_seq(&mut inbox).await,
-            1,
-            "b's message, nothing else before it"
+            next_content(&mut inbox).await,
+            "in b",
+            "nothing else before it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_follows_a_move_its_session_made_before_another_stream_of_it_opened() {
+        let (store, feeds, first) = room_with(2).await;
+        let second = store
+            .create_room(&RoomName::parse("b").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut record = SessionRecord {
+            id: SessionId::random(),
+            user_id: 1,
+            nick: Nickname::parse("web").unwrap(),
+            room: Some(first.clone()),
+            seen: 2,
+            revision: 1,
+        };
+        let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
+        feeds.follow(&record, 2, outbox).await.unwrap();
+        // The session joins b on another pod; a second tab opens a stream here, with the record
+        // read after the join, before the news of the move arrives.
+        record.room = Some(second.clone());
+        record.seen = 0;
+        record.revision = 2;
+        feeds.hold(&record, SessionId::random());
+        feeds.deliver(Envelope::SessionMoved(record));
+        assert_eq!(next_seq(&mut inbox).await, 0, "moved to b");
+        let in_b = append(&store, &second, "in b").await;
+        feeds.deliver(Envelope::Message(in_b));
+        assert_eq!(next_content(&mut inbox).await, "in b");
     }
 
     #[tokio::test]
