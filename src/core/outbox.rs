@@ -22,6 +22,18 @@ use crate::telemetry::metric;
 
 /// A queue emptied with more slots than this gives them back.
 const IDLE_SLOTS: usize = 32;
+/// Slots deliveries that can wait leave free, at most (a quarter of a smaller queue).
+const HEADROOM: usize = 64;
+
+/// What became of a delivery offered with [`Outbox::offer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Not queued: it would have eaten into the headroom.
+    Full,
+    /// The receiver is gone or too slow.
+    Gone,
+}
 
 /// What the two halves share.
 struct Queue {
@@ -189,9 +201,27 @@ impl Outbox {
         self.queue.capacity
     }
 
-    /// How many more deliveries its queue takes now.
-    pub fn room_left(&self) -> usize {
-        self.queue.room_left()
+    /// Slots kept free by deliveries that can wait (what the receiver could be given later from
+    /// the store), for those that cannot: live messages, room events, direct messages.
+    pub fn headroom(&self) -> usize {
+        HEADROOM.min(self.queue.capacity / 4)
+    }
+
+    /// Queues a delivery that can wait, unless that would eat into the headroom. Never marks the
+    /// receiver too slow: it can be given the delivery later instead.
+    pub fn offer(&self, event: &Arc<Broadcast>) -> Offer {
+        if !self.is_open() {
+            return Offer::Gone;
+        }
+        {
+            let mut items = self.queue.lock();
+            if items.len() + self.headroom() >= self.queue.capacity {
+                return Offer::Full;
+            }
+            items.push_back(Delivery::Event(event.clone()));
+        }
+        self.queue.arrived.notify_one();
+        Offer::Queued
     }
 
     /// Waits (up to `limit`) until the queue has room for `n` deliveries. A receiver that does

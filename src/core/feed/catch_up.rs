@@ -1,30 +1,27 @@
 //! Feeding a receiver from a position: at once from the ring when it reaches back that far, else
-//! after a catch-up from the store — page by page, each page checked for contiguity, queued only
-//! as fast as the receiver takes it — then live. Also where streams following an HTTP session
-//! are moved into its new room.
+//! as a member *behind*, brought level by a catch-up from the store — page by page, each page
+//! checked for contiguity, read only once the receiver's queue has room for it — then live. A
+//! member that falls behind because what a gap held came all at once is brought level the same
+//! way. Also where streams following an HTTP session are moved into its new room.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::room::Attach;
+use super::room::{Attach, CaughtUp};
 use super::{Inner, PACE_LIMIT, PAGE, backoff, lock};
-use crate::core::model::{Broadcast, ChatMessage, Delivery, Position, Room, SessionRecord};
+use crate::core::model::{Delivery, Position, Room, SessionId, SessionRecord};
 use crate::core::outbox::Outbox;
 use crate::core::ports::StoreError;
 
-/// Room a catch-up leaves in the receiver's queue for what else comes meanwhile (a DM, a move,
-/// the first live messages after the hand-over).
-const HEADROOM: usize = 64;
-
-/// A receiver fed from a position, and the route that must still lead to it whenever something
-/// is queued for it.
+/// A receiver to feed from a position, and the route that must still lead to it when it
+/// becomes a member of the room.
 #[derive(Clone)]
 pub(super) struct Reader {
     pub outbox: Outbox,
     /// For a stream following its session: the stream's generation when this feeding began. A
-    /// move of the session since makes whatever this feeding would still queue stale.
+    /// move of the session since makes it stale.
     pub follows: Option<u64>,
 }
 
@@ -37,17 +34,26 @@ impl Inner {
         reader: Reader,
         cursor: i64,
     ) -> Result<(), StoreError> {
-        let Some(from) = self.attach_now(room, &reader, cursor).await? else {
+        if !self.wanted(&reader) {
             return Ok(());
-        };
-        let inner = self.clone();
-        let room = room.clone();
-        self.tasks
-            .spawn(async move { inner.catch_up(room, reader, from).await }.in_current_span());
+        }
+        // Asked again under the feed's lock: a move of a following stream's session takes that
+        // lock to leave the room, so the stream joins the feed before that leave or not at all.
+        let attached = self
+            .enter(room, |feed| {
+                self.wanted(&reader)
+                    .then(|| feed.attach(reader.outbox.clone(), cursor))
+            })
+            .await?;
+        match attached {
+            Some(Attach::Live) => {}
+            Some(Attach::Behind(turn)) => self.bring_up(room, vec![(reader.outbox.id, turn)]),
+            None => self.forget_if_empty(&room.name),
+        }
         Ok(())
     }
 
-    /// Whether `reader` still wants what is being fed to it.
+    /// Whether `reader` still wants to be fed.
     fn wanted(&self, reader: &Reader) -> bool {
         reader.outbox.is_open()
             && reader.follows.is_none_or(|generation| {
@@ -56,67 +62,44 @@ impl Inner {
             })
     }
 
-    /// Queues `deliveries` for `reader` if it still wants them, in one step with asking, under
-    /// the directory's lock: a move of its session comes wholly before (nothing is queued) or
-    /// after (what is queued comes before the move's notice). False when nothing was queued, or
-    /// the receiver is gone or too slow.
-    fn queue_if_wanted(&self, reader: &Reader, deliveries: &[Delivery]) -> bool {
-        let outbox = &reader.outbox;
-        let directory = reader.follows.map(|g| (g, lock(&self.directory)));
-        if let Some((generation, directory)) = &directory
-            && directory.generation(outbox.session, outbox.id) != Some(*generation)
-        {
-            return false;
+    /// Starts a catch-up for each member of `room` that is behind, with its turn.
+    pub(super) fn bring_up(self: &Arc<Self>, room: &Room, behind: Vec<(SessionId, u64)>) {
+        for (id, turn) in behind {
+            let inner = self.clone();
+            let room = room.clone();
+            self.tasks
+                .spawn(async move { inner.catch_up(room, id, turn).await }.in_current_span());
         }
-        deliveries.iter().all(|d| outbox.push(d.clone()))
     }
 
-    /// One attempt: `None` when attached (or no longer wanted), else where a catch-up must start.
-    async fn attach_now(
-        &self,
-        room: &Room,
-        reader: &Reader,
-        cursor: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        if !self.wanted(reader) {
-            return Ok(None);
-        }
-        // Asked again under the feed's lock: a move of a following stream's session takes that
-        // lock to leave the room, so the stream joins the feed before that leave or not at all.
-        let attached = self
-            .enter(room, |feed| {
-                self.wanted(reader)
-                    .then(|| feed.attach(reader.outbox.clone(), cursor))
-            })
-            .await?;
-        Ok(match attached {
-            Some(Attach::CatchUpFrom(from)) => Some(from),
-            Some(Attach::Live) => None,
-            None => {
-                self.forget_if_empty(&room.name);
-                None
-            }
-        })
-    }
-
-    /// Reads what `reader` missed after `cursor` from the store and queues it, a page at a time,
-    /// then attaches it live. A page is read only once the receiver's queue has room for it, so
-    /// nothing waits while holding a page; a receiver that makes no room within `PACE_LIMIT` is
-    /// too slow and is cut off. Each page read takes a turn: at most `MAX_CATCH_UPS` read at
-    /// once on a pod, so a long catch-up never keeps another waiting longer than their pages.
-    async fn catch_up(self: Arc<Self>, room: Room, reader: Reader, mut cursor: i64) {
-        let outbox = &reader.outbox;
-        // Half its queue at most: a page queued at once never fills it.
-        let n = (outbox.capacity() / 2).clamp(1, PAGE);
-        let headroom = HEADROOM.min(outbox.capacity() / 4);
+    /// Reads what member `id` of `room` missed from the store and queues it, a page at a time,
+    /// until it is level — for as long as it is a member, behind under this `turn`. A page is
+    /// read only once the receiver's queue has room for it, so nothing waits while holding a
+    /// page; a receiver that makes no room within `PACE_LIMIT` is too slow and leaves the room.
+    /// Each page read takes a turn: at most `MAX_CATCH_UPS` read at once on a pod, so a long
+    /// catch-up never keeps another waiting longer than their pages.
+    async fn catch_up(self: Arc<Self>, room: Room, id: SessionId, turn: u64) {
         let mut delays = backoff();
         loop {
-            if !self.wanted(&reader) || self.shutdown.is_cancelled() {
+            if self.shutdown.is_cancelled() {
                 return;
             }
-            if !outbox.wait_for_room(n + headroom, PACE_LIMIT).await {
+            let Some(cell) = self.cell(&room.name) else {
+                return;
+            };
+            let Some((outbox, cursor)) = cell.feed().behind(id, turn) else {
+                return;
+            };
+            // Half its queue at most: a page queued at once never fills it.
+            let n = (outbox.capacity() / 2).clamp(1, PAGE);
+            if !outbox
+                .wait_for_room(n + outbox.headroom(), PACE_LIMIT)
+                .await
+            {
+                self.leave(&room.name, id);
                 return;
             }
+            drop(outbox);
             let read = {
                 let Ok(_turn) = self.catch_ups.acquire().await else {
                     return;
@@ -131,28 +114,19 @@ impl Inner {
                     continue;
                 }
             };
-            let progressed = !page.is_empty();
-            let after = cursor;
-            if let Some(last) = page.last() {
-                cursor = last.seq;
-            }
-            if !self.queue_if_wanted(&reader, &page_deliveries(&room, after, page)) {
-                return;
-            }
-            match self.attach_now(&room, &reader, cursor).await {
-                Ok(None) => return,
-                Ok(Some(from)) => {
-                    cursor = from;
-                    if !progressed {
-                        // The feed is ahead of the store (a restore took messages back): the
-                        // probe rewinds it; until then, do not spin.
-                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
-                    }
+            let step = cell.feed().catch_up(id, turn, cursor, page);
+            match step {
+                CaughtUp::Level => return,
+                CaughtUp::Gone => {
+                    self.forget_if_empty(&room.name);
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, room = %room.name, "a catch-up could not attach; retrying");
+                CaughtUp::After(next) if next == cursor => {
+                    // The feed is ahead of the store (a restore took messages back): the
+                    // probe rewinds it; until then, do not spin.
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
                 }
+                CaughtUp::After(_) => delays = backoff(),
             }
         }
     }
@@ -164,12 +138,7 @@ impl Inner {
         let (room, seen) = (record.room, record.seen);
         for (outbox, old, generation) in moved {
             if let Some(old) = old {
-                let mut rooms = lock(&self.rooms);
-                if let Some(cell) = rooms.get(&old)
-                    && cell.feed().leave(outbox.id)
-                {
-                    rooms.remove(&old);
-                }
+                self.leave(&old, outbox.id);
             }
             let position = Position {
                 room: room.as_ref().map(|r| r.name.clone()),
@@ -202,20 +171,4 @@ impl Inner {
             self.tasks.spawn(follow.in_current_span());
         }
     }
-}
-
-/// What a page read after `after` queues: a reset first when it does not start right after
-/// `after` (retention took what is in between), then its messages.
-fn page_deliveries(room: &Room, after: i64, page: Vec<ChatMessage>) -> Vec<Delivery> {
-    let mut deliveries = Vec::with_capacity(page.len() + 1);
-    if let Some(first) = page.first().map(|m| m.seq)
-        && first != after + 1
-    {
-        deliveries.push(Delivery::reset(room.name.clone(), first));
-    }
-    deliveries.extend(
-        page.into_iter()
-            .map(|m| Delivery::Event(Broadcast::message(m))),
-    );
-    deliveries
 }

@@ -40,9 +40,12 @@ use room::RoomFeed;
 const PAGE: usize = 500;
 /// Catch-ups (a stream resuming far back) running at once on a pod; others wait their turn.
 const MAX_CATCH_UPS: usize = 16;
-/// How long a repair waits for its members to take a page before sending the next regardless
-/// (a member that needs longer is too slow, and is cut off as such).
+/// How long a receiver being caught up has to make room in its queue for the next page before
+/// it is too slow, and is cut off as such.
 const PACE_LIMIT: Duration = Duration::from_secs(5);
+/// How long a repair waits for the members to take a page before sending the next: one that
+/// needs longer falls behind, and catches up from the store on its own.
+const PAGE_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Feeds {
     inner: Arc<Inner>,
@@ -121,9 +124,12 @@ impl Feeds {
                 let Some(cell) = inner.cell(&message.room) else {
                     return;
                 };
-                let due = cell
-                    .feed()
-                    .admit(Broadcast::message(message), Instant::now());
+                let (due, fallen, room) = {
+                    let mut feed = cell.feed();
+                    let due = feed.admit(Broadcast::message(message), Instant::now());
+                    (due, feed.take_fallen(), feed.room.clone())
+                };
+                inner.bring_up(&room, fallen);
                 if let Some(due) = due {
                     inner.repair(&cell, due);
                 }
@@ -281,12 +287,7 @@ impl Feeds {
 
     /// Stops feeding receiver `id` from `room`; the feed goes when its last receiver does.
     pub fn leave(&self, room: &RoomName, id: SessionId) {
-        let mut rooms = lock(&self.inner.rooms);
-        if let Some(cell) = rooms.get(room)
-            && cell.feed().leave(id)
-        {
-            rooms.remove(room);
-        }
+        self.inner.leave(room, id);
     }
 
     /// Routes direct messages for `nick` to this receiver.
@@ -373,6 +374,15 @@ impl Inner {
         lock(&self.rooms).get(room).cloned()
     }
 
+    fn leave(&self, room: &RoomName, id: SessionId) {
+        let mut rooms = lock(&self.rooms);
+        if let Some(cell) = rooms.get(room)
+            && cell.feed().leave(id)
+        {
+            rooms.remove(room);
+        }
+    }
+
     fn cell_or_new(&self, room: &Room) -> Arc<Cell> {
         lock(&self.rooms)
             .entry(room.name.clone())
@@ -388,7 +398,7 @@ impl Inner {
     /// Runs `step` on `room`'s feed once it is loaded, and is still the room's feed (not one its
     /// last member just left). Then starts the repair of a gap the feed has and nobody repairs.
     async fn enter<T>(
-        &self,
+        self: &Arc<Self>,
         room: &Room,
         step: impl Fn(&mut RoomFeed) -> T,
     ) -> Result<T, StoreError> {
@@ -398,16 +408,18 @@ impl Inner {
                 self.forget_if_empty(&room.name);
                 return Err(e);
             }
-            let (result, due) = {
+            let (result, due, fallen) = {
                 let rooms = lock(&self.rooms);
                 if !rooms.get(&room.name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                     continue;
                 }
                 let mut feed = cell.feed();
                 let result = step(&mut feed);
-                let due = (feed.needs_repair() && !feed.repairing).then(|| Instant::now() + HOLD);
-                (result, due)
+                let due = (feed.gap().is_some() && !feed.repairing).then(|| Instant::now() + HOLD);
+                (result, due, feed.take_fallen())
             };
+            // (The load's release may have left members behind, were there any.)
+            self.bring_up(room, fallen);
             if let Some(due) = due {
                 self.repair(&cell, due);
             }
@@ -625,6 +637,37 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_does_not_read_holds_nobody_back_when_a_gap_closes() {
+        let (store, feeds, room) = room_with(2).await;
+        let (member, mut inbox) = receiver();
+        feeds.join(&room, member).await.unwrap();
+        let (stuck, _stuck) = receiver();
+        feeds.join(&room, stuck).await.unwrap();
+        // The stuck member's queue (64) fills with what the other reads.
+        for i in 0..60 {
+            let next = append(&store, &room, &format!("m{i}")).await;
+            feeds.deliver(Envelope::Message(next));
+        }
+        for seq in 3..=62 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+        // Seq 63's publish comes late: 100 more are held behind it until it does.
+        let late = append(&store, &room, "late").await;
+        for i in 0..100 {
+            let next = append(&store, &room, &format!("after {i}")).await;
+            feeds.deliver(Envelope::Message(next));
+        }
+        feeds.deliver(Envelope::Message(late));
+        // Well before the stuck member would be cut off as too slow.
+        let all = tokio::time::timeout(PACE_LIMIT / 2, async {
+            for seq in 63..=163 {
+                assert_eq!(next_seq(&mut inbox).await, seq);
+            }
+        });
+        assert!(all.await.is_ok(), "the reader waited for the stuck member");
+    }
+
     #[tokio::test]
     async fn a_long_gap_repaired_from_the_store_goes_out_as_fast_as_members_read() {
         a_long_hold(false).await;
@@ -794,20 +837,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stale_cursor_catches_up_from_the_store_then_goes_live_even_if_the_feed_was_dropped()
-    {
+    async fn a_stale_cursor_catches_up_from_the_store_then_goes_live() {
         let (store, feeds, room) = room_with(20).await;
         let (other, _other_inbox) = receiver();
         feeds.join(&room, other.clone()).await.unwrap();
         let (stream, mut inbox) = receiver();
-        // Far behind the ring (3): a catch-up runs; meanwhile the only member leaves.
+        // Far behind the ring (3): a member behind, which a catch-up brings level; meanwhile the
+        // other member leaves.
         feeds.attach(&room, stream, 5).await.unwrap();
         feeds.leave(&room.name, other.id);
         for seq in 6..=20 {
             assert_eq!(next_seq(&mut inbox).await, seq);
         }
-        // Whenever the hand-over happens — before the message (then it is delivered live) or
-        // after (then the new feed's ring has it) — the stream gets it.
+        // Whether the catch-up has ended (then it is delivered live) or not (then it reaches the
+        // ring, which has it), the stream gets it.
         let next = append(&store, &room, "live").await;
         feeds.deliver(Envelope::Message(next));
         assert_eq!(next_seq(&mut inbox).await, 21);

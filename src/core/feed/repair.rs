@@ -1,27 +1,26 @@
 //! Gap repair: a feed whose order has a hole — a message held after a gap past its hold, or a
 //! tail probe showing the store ahead — reads the missing seqs from the store, page by page, with
-//! back-off while the store fails, until it is contiguous; and releases what was held behind the
-//! hole. Each page and each part of the backlog goes out as fast as the members take it. One
-//! repair at a time per room; it runs in a task of its own, never on the delivery path.
+//! back-off while the store fails, until it is contiguous. A page goes out when the members have
+//! taken the last one, or a moment later: a member still without room falls behind and catches
+//! up on its own, so the room waits for nobody. One repair at a time per room; it runs in a task
+//! of its own, never on the delivery path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::room::HOLD;
-use super::{Cell, Inner, PACE_LIMIT, backoff, lock};
-use crate::core::model::{ChatMessage, Room};
-use crate::core::ports::Store;
+use super::{Cell, Inner, PAGE_WAIT, backoff, lock};
+use crate::core::model::{ChatMessage, Room, SessionId};
 use crate::telemetry::metric;
 
 impl Inner {
     /// Starts the room's repair, unless one runs: it waits out the hold, then reads the missing
     /// seqs page by page, with back-off while the store fails, until the feed is contiguous.
-    pub(super) fn repair(&self, cell: &Arc<Cell>, due: Instant) {
+    pub(super) fn repair(self: &Arc<Self>, cell: &Arc<Cell>, due: Instant) {
         {
             let mut feed = cell.feed();
             if feed.repairing {
@@ -29,14 +28,14 @@ impl Inner {
             }
             feed.repairing = true;
         }
-        let (store, cell, shutdown) = (self.store.clone(), cell.clone(), self.shutdown.clone());
+        let (inner, cell) = (self.clone(), cell.clone());
         self.tasks
-            .spawn(repair(store, cell, due, shutdown).in_current_span());
+            .spawn(async move { inner.run_repair(cell, due).await }.in_current_span());
     }
 
     /// Probes every loaded feed's tail in one store call; a feed behind its tail starts a repair
     /// after the hold.
-    pub(super) async fn probe(&self) {
+    pub(super) async fn probe(self: &Arc<Self>) {
         let cells: Vec<Arc<Cell>> = lock(&self.rooms)
             .values()
             .filter(|c| c.loaded.initialized())
@@ -90,8 +89,6 @@ enum Next {
     Done,
     /// A gap is still within its hold: look again then.
     Wait(Instant),
-    /// Release the next `.0` messages of the backlog once members have room for them.
-    Release(usize),
     /// Read `.2` messages after `.1.0` (the gap ends at `.1.1`) in room `.0`.
     Read(Room, (i64, i64), usize),
 }
@@ -99,25 +96,21 @@ enum Next {
 fn next_step(cell: &Cell) -> Next {
     let mut feed = cell.feed();
     let now = Instant::now();
-    if feed.is_empty() {
+    match feed.gap() {
         // Nobody left to repair it for: whoever joins next starts a repair afresh.
-    } else if feed.backlog() {
-        return Next::Release(feed.step());
-    } else if let Some(gap) = feed.gap() {
-        if !feed.gap_due(now) {
-            return Next::Wait(now + HOLD);
-        }
-        return Next::Read(feed.room.clone(), gap, feed.step());
+        Some(_) if feed.is_empty() => {}
+        Some(_) if !feed.gap_due(now) => return Next::Wait(now + HOLD),
+        Some(gap) => return Next::Read(feed.room.clone(), gap, feed.step()),
+        None => {}
     }
     feed.stand_down();
     Next::Done
 }
 
-/// Waits (up to PACE_LIMIT) until every member's queue has room for `n` more: a step pushed
-/// sooner would overflow the queues of members who only needed a moment to read the last one.
-/// Past the limit the step goes anyway, and a member still without room is too slow.
+/// Waits (up to PAGE_WAIT) until every level member's queue has room for `n` more: most
+/// members then take the next page with the room rather than each catching up on its own.
 async fn paced(cell: &Cell, n: usize) {
-    let limit = Instant::now() + PACE_LIMIT;
+    let limit = Instant::now() + PAGE_WAIT;
     while !cell.feed().members_have_room(n) && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -125,8 +118,14 @@ async fn paced(cell: &Cell, n: usize) {
 
 /// Puts a page read from the store into the feed. A page that does not start right after the
 /// gap's start means the store no longer has those seqs (retention removed them while this pod
-/// was behind, or a restore took them): members are told, and the feed moves on.
-fn fill(cell: &Cell, room: &Room, gap: (i64, i64), page: Vec<ChatMessage>) {
+/// was behind, or a restore took them): members are told, and the feed moves on. Returns the
+/// members that fell behind.
+fn fill(
+    cell: &Cell,
+    room: &Room,
+    gap: (i64, i64),
+    page: Vec<ChatMessage>,
+) -> Vec<(SessionId, u64)> {
     let mut feed = cell.feed();
     let first = page.first().map(|m| m.seq);
     if first != Some(gap.0 + 1) {
@@ -140,43 +139,42 @@ fn fill(cell: &Cell, room: &Room, gap: (i64, i64), page: Vec<ChatMessage>) {
         tracing::debug!(room = %room.name, after = gap.0, filled = page.len(), "filled a gap from the store");
     }
     feed.fill(page, Instant::now());
+    feed.take_fallen()
 }
 
-async fn repair(store: Arc<dyn Store>, cell: Arc<Cell>, due: Instant, shutdown: CancellationToken) {
-    let mut wait_until = due;
-    let mut delays = backoff();
-    loop {
-        if shutdown
-            .run_until_cancelled(tokio::time::sleep_until(wait_until))
-            .await
-            .is_none()
-        {
-            return;
-        }
-        let (room, gap, n) = match next_step(&cell) {
-            Next::Done => return,
-            Next::Wait(until) => {
-                wait_until = until;
-                continue;
+impl Inner {
+    async fn run_repair(self: Arc<Self>, cell: Arc<Cell>, due: Instant) {
+        let mut wait_until = due;
+        let mut delays = backoff();
+        loop {
+            if self
+                .shutdown
+                .run_until_cancelled(tokio::time::sleep_until(wait_until))
+                .await
+                .is_none()
+            {
+                return;
             }
-            Next::Release(n) => {
-                paced(&cell, n).await;
-                cell.feed().release_step(n, Instant::now());
-                wait_until = Instant::now();
-                continue;
-            }
-            Next::Read(room, gap, n) => (room, gap, n),
-        };
-        match store.messages_after(room.id, gap.0, n).await {
-            Ok(page) => {
-                fill(&cell, &room, gap, page);
-                delays = backoff();
-                paced(&cell, n).await;
-                wait_until = Instant::now();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, room = %room.name, after = gap.0, "gap repair failed; retrying");
-                wait_until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(5));
+            let (room, gap, n) = match next_step(&cell) {
+                Next::Done => return,
+                Next::Wait(until) => {
+                    wait_until = until;
+                    continue;
+                }
+                Next::Read(room, gap, n) => (room, gap, n),
+            };
+            match self.store.messages_after(room.id, gap.0, n).await {
+                Ok(page) => {
+                    let fallen = fill(&cell, &room, gap, page);
+                    self.bring_up(&room, fallen);
+                    delays = backoff();
+                    paced(&cell, n).await;
+                    wait_until = Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, room = %room.name, after = gap.0, "gap repair failed; retrying");
+                    wait_until = Instant::now() + delays.next().unwrap_or(Duration::from_secs(5));
+                }
             }
         }
     }

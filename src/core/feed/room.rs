@@ -8,9 +8,11 @@
 //! ring is always the gap-free run ending at the last seq delivered, so a joiner's history block
 //! and its live messages meet exactly.
 //!
-//! A live message goes to every member at once: a member whose queue is full is too slow. What
-//! was held behind a gap is not live, and may be thousands of messages when the gap closes: it is
-//! released no faster than every member's queue takes it (a backlog), paced by the repair.
+//! A live message goes to every member at once: a member whose queue is full is too slow
+//! (SPEC §3). What was held behind a gap, or read back from the store, is not live, and may be
+//! thousands of messages at once: a member whose queue has no room for it falls *behind* — the
+//! fan-out skips it, and a catch-up from the store brings it level again (the async side) — so
+//! nobody waits for the slowest, and nobody is cut off for the server's own bunching.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 
 use super::PAGE;
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Room, SessionId};
-use crate::core::outbox::Outbox;
+use crate::core::outbox::{Offer, Outbox};
 
 /// How long a message after a gap waits for the missing seqs before they are read from the store.
 /// Far above the publish skew between replicas (well under a millisecond on an idle machine), far
@@ -36,8 +38,27 @@ const MAX_HELD: usize = 10_000;
 pub enum Attach {
     /// Attached: the ring held everything after its position and it has been queued.
     Live,
-    /// The ring does not reach back to its position: read from the store after this seq first.
-    CatchUpFrom(i64),
+    /// A member now, but behind: the ring does not reach back to its position, and a catch-up
+    /// from the store (this turn of it) must bring it level.
+    Behind(u64),
+}
+
+/// What a page of a member's catch-up did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// It is level: live from here.
+    Level,
+    /// Still behind, after this seq: read on from there.
+    After(i64),
+    /// No longer a member, or another catch-up of it took over: stop.
+    Gone,
+}
+
+/// A receiver of the room's messages.
+struct Member {
+    outbox: Outbox,
+    /// Set while it is behind: the last seq queued for it, and which catch-up brings it level.
+    behind: Option<(i64, u64)>,
 }
 
 pub struct RoomFeed {
@@ -53,7 +74,11 @@ pub struct RoomFeed {
     /// The newest messages delivered, oldest first, ending at `delivered`, without a gap.
     ring: VecDeque<Arc<Broadcast>>,
     ring_size: usize,
-    members: Vec<Outbox>,
+    members: Vec<Member>,
+    /// Members that fell behind since the async side last looked, with their catch-up's turn.
+    fallen: Vec<(SessionId, u64)>,
+    /// Numbers catch-ups, so that one a member no longer needs stops.
+    turns: u64,
     /// A repair (a store read) is running or scheduled: at most one per room.
     pub repairing: bool,
 }
@@ -69,6 +94,8 @@ impl RoomFeed {
             ring: VecDeque::with_capacity(ring_size),
             ring_size: ring_size.max(1),
             members: Vec::new(),
+            fallen: Vec::new(),
+            turns: 0,
             repairing: false,
         }
     }
@@ -86,34 +113,95 @@ impl RoomFeed {
         self.members.is_empty()
     }
 
-    /// Whether every member's queue can take `n` more deliveries (a repair's next page).
+    /// Whether every level member's queue can take `n` more deliveries (a repair's next page).
     pub fn members_have_room(&self, n: usize) -> bool {
-        self.members.iter().all(|m| !m.is_open() || m.can_take(n))
+        self.level()
+            .all(|m| !m.outbox.is_open() || m.outbox.can_take(n))
     }
 
-    /// How many messages a repair reads or releases in one step: a page, or half the smallest
-    /// member's queue if that is less, so a step never fills a queue that was empty.
+    /// How many messages a repair reads at once: a page, or half the smallest member's queue if
+    /// that is less, so that one page never fills a queue that was empty.
     pub fn step(&self) -> usize {
-        let smallest = self.members.iter().map(|m| m.capacity()).min();
+        let smallest = self.members.iter().map(|m| m.outbox.capacity()).min();
         smallest.map_or(PAGE, |c| (c / 2).clamp(1, PAGE))
     }
 
-    /// Whether messages held after a gap now follow without one, waiting for members' queues to
-    /// take them.
-    pub fn backlog(&self) -> bool {
-        let next = self.delivered.map(|d| d + 1);
-        next.is_some() && self.held.keys().next() == next.as_ref()
+    /// The members that fell behind since last asked, with their catch-up's turn.
+    pub fn take_fallen(&mut self) -> Vec<(SessionId, u64)> {
+        std::mem::take(&mut self.fallen)
     }
 
-    /// Whether a repair has work: a gap, or a backlog to release.
-    pub fn needs_repair(&self) -> bool {
-        self.gap().is_some() || self.backlog()
+    /// The queue of member `id` and the last seq it was given, while catch-up `turn` is the one
+    /// to bring it level.
+    pub fn behind(&self, id: SessionId, turn: u64) -> Option<(Outbox, i64)> {
+        let member = self.members.iter().find(|m| m.outbox.id == id)?;
+        match member.behind {
+            Some((cursor, t)) if t == turn => Some((member.outbox.clone(), cursor)),
+            _ => None,
+        }
     }
 
-    /// Releases the next `n` messages of the backlog, room in members' queues or not (a repair's
-    /// last resort: a member that made no room for that long is too slow).
-    pub fn release_step(&mut self, n: usize, now: Instant) {
-        self.release(n, now);
+    /// A page read from the store after `after` for member `id`, behind under catch-up `turn`:
+    /// queued (a reset first if it does not start right after `after`: retention took what is
+    /// in between), up to what the feed has delivered; then, if the ring reaches back to where it
+    /// is, the ring's rest, and it is level.
+    pub fn catch_up(
+        &mut self,
+        id: SessionId,
+        turn: u64,
+        after: i64,
+        page: Vec<ChatMessage>,
+    ) -> CaughtUp {
+        let Some(delivered) = self.delivered else {
+            return CaughtUp::Gone;
+        };
+        let Some(at) = self.members.iter().position(|m| m.outbox.id == id) else {
+            return CaughtUp::Gone;
+        };
+        if self.members[at].behind != Some((after, turn)) {
+            return CaughtUp::Gone;
+        }
+        let outbox = self.members[at].outbox.clone();
+        let mut cursor = after;
+        let mut queued = true;
+        if let Some(first) = page.first().map(|m| m.seq)
+            && first != after + 1
+        {
+            let next = first.min(delivered + 1);
+            queued = outbox.push(Delivery::reset(self.room.name.clone(), next));
+            cursor = next - 1;
+        }
+        for message in page.into_iter().take_while(|m| m.seq <= delivered) {
+            if !queued {
+                break;
+            }
+            cursor = message.seq;
+            queued = outbox.push(Delivery::Event(Broadcast::message(message)));
+        }
+        let oldest = self
+            .ring
+            .front()
+            .and_then(|m| m.seq())
+            .unwrap_or(delivered + 1);
+        if queued && oldest <= cursor + 1 {
+            for message in self.ring.iter().filter(|m| m.seq() > Some(cursor)) {
+                if !outbox.push_event(message) {
+                    queued = false;
+                    break;
+                }
+            }
+            if queued {
+                self.members[at].behind = None;
+                return CaughtUp::Level;
+            }
+        }
+        if !queued {
+            // Gone, or too slow (marked as such): out of the room.
+            self.members.swap_remove(at);
+            return CaughtUp::Gone;
+        }
+        self.members[at].behind = Some((cursor, turn));
+        CaughtUp::After(cursor)
     }
 
     /// The first store read: the room's newest messages (oldest first) and its last seq. Whatever
@@ -133,21 +221,22 @@ impl RoomFeed {
         if self.ring.back().and_then(|m| m.seq()) != Some(last_seq) {
             self.ring.clear();
         }
-        self.release_paced(now);
+        self.release(now);
     }
 
-    /// Admits a message from anywhere. Returns when a repair should start, if this admission
-    /// gave it work: a gap opened (at the hold's end), or a backlog left to release (now).
+    /// Admits a message from anywhere. Returns when a gap that needs a repair began (the hold's
+    /// end), if this admission opened one.
     pub fn admit(&mut self, message: Arc<Broadcast>, now: Instant) -> Option<Instant> {
+        self.admit_as(message, now, false)
+    }
+
+    fn admit_as(&mut self, message: Arc<Broadcast>, now: Instant, bulk: bool) -> Option<Instant> {
         let seq = message.seq()?;
         match self.delivered {
             Some(delivered) if seq <= delivered => return None,
             Some(delivered) if seq == delivered + 1 => {
-                self.deliver(message);
-                self.release_paced(now);
-                if self.backlog() {
-                    return Some(now);
-                }
+                self.deliver(message, bulk);
+                self.release(now);
             }
             _ => {
                 if self.held.len() < MAX_HELD {
@@ -162,7 +251,7 @@ impl RoomFeed {
     /// Messages read from the store after `delivered`, oldest first.
     pub fn fill(&mut self, messages: Vec<ChatMessage>, now: Instant) {
         for message in messages {
-            self.admit(Broadcast::message(message), now);
+            self.admit_as(Broadcast::message(message), now, true);
         }
     }
 
@@ -173,13 +262,12 @@ impl RoomFeed {
         self.gap_opened(now)
     }
 
-    /// The seqs missing now: everything after `.0` up to `.1`. None while a backlog waits: what
-    /// is missing after it shows once it is released.
+    /// The seqs missing now: everything after `.0` up to `.1`.
     pub fn gap(&self) -> Option<(i64, i64)> {
         let delivered = self.delivered?;
-        // Held messages start at `delivered + 1` (a backlog) or beyond (a gap).
+        // Held messages always start beyond `delivered + 1`: `release` took the rest.
         if let Some(&first) = self.held.keys().next() {
-            return (first > delivered + 1).then_some((delivered, first - 1));
+            return Some((delivered, first - 1));
         }
         (self.tail > delivered).then_some((delivered, self.tail))
     }
@@ -190,7 +278,8 @@ impl RoomFeed {
     }
 
     /// The store no longer has `after + 1 ..= up_to` (retention removed them): move past them,
-    /// telling members so, rather than wait for ever.
+    /// telling members so, rather than wait for ever. (A member behind finds out from its own
+    /// catch-up.)
     pub fn skip(&mut self, up_to: i64, now: Instant) {
         let Some(delivered) = self.delivered else {
             return;
@@ -201,8 +290,9 @@ impl RoomFeed {
         self.delivered = Some(up_to);
         self.ring.clear();
         let reset = Delivery::reset(self.room.name.clone(), up_to + 1);
-        self.members.retain(|m| m.push(reset.clone()));
-        self.release_paced(now);
+        self.members
+            .retain(|m| m.behind.is_some() || m.outbox.push(reset.clone()));
+        self.release(now);
     }
 
     /// The newest `n` messages delivered, oldest first.
@@ -218,30 +308,38 @@ impl RoomFeed {
     }
 
     /// The store's history now ends at `last_seq`, before what this feed delivered (a restore):
-    /// members are told their place is gone, and the feed goes on from there.
+    /// members are told their place is gone, and the feed goes on from there. Members behind
+    /// are level from there too: what they were catching up on no longer exists.
     pub fn rewind(&mut self, last_seq: i64, now: Instant) {
         self.delivered = Some(last_seq);
         self.tail = last_seq;
         self.held.clear();
         self.ring.clear();
         let reset = Delivery::reset(self.room.name.clone(), last_seq + 1);
-        self.members.retain(|m| m.push(reset.clone()));
+        self.members.retain_mut(|m| {
+            m.behind = None;
+            m.outbox.push(reset.clone())
+        });
         self.gap_opened(now);
     }
 
     /// A new member's history block (the newest `history` messages, oldest first) and its
     /// membership, in one step: nothing delivered later is in the block, nothing in it comes again.
     pub fn join(&mut self, member: Outbox, history: usize) -> Vec<Arc<Broadcast>> {
-        self.members.retain(|m| m.id != member.id);
-        self.members.push(member);
+        self.leave(member.id);
+        self.members.push(Member {
+            outbox: member,
+            behind: None,
+        });
         self.recent(history)
     }
 
-    /// Feeds `member` live from after `cursor`, queueing what the ring holds after it; or says
-    /// where a catch-up from the store must start.
+    /// Makes `member` a member from after `cursor`: live, with what the ring holds after it
+    /// queued; or behind, for a catch-up from the store to bring level.
     pub fn attach(&mut self, member: Outbox, cursor: i64) -> Attach {
+        self.leave(member.id);
         let Some(delivered) = self.delivered else {
-            return Attach::CatchUpFrom(cursor);
+            return self.fall_behind(member, cursor);
         };
         if cursor < delivered {
             let oldest = self
@@ -250,7 +348,7 @@ impl RoomFeed {
                 .and_then(|m| m.seq())
                 .unwrap_or(delivered + 1);
             if oldest > cursor + 1 {
-                return Attach::CatchUpFrom(cursor);
+                return self.fall_behind(member, cursor);
             }
             for message in self.ring.iter().filter(|m| m.seq() > Some(cursor)) {
                 if !member.push_event(message) {
@@ -258,64 +356,87 @@ impl RoomFeed {
                 }
             }
         }
-        self.members.retain(|m| m.id != member.id);
-        self.members.push(member);
+        self.members.push(Member {
+            outbox: member,
+            behind: None,
+        });
         Attach::Live
+    }
+
+    fn fall_behind(&mut self, member: Outbox, cursor: i64) -> Attach {
+        self.turns += 1;
+        self.members.push(Member {
+            outbox: member,
+            behind: Some((cursor, self.turns)),
+        });
+        Attach::Behind(self.turns)
     }
 
     /// Removes a receiver. True when the feed has no member left.
     pub fn leave(&mut self, id: SessionId) -> bool {
-        self.members.retain(|m| m.id != id);
+        self.members.retain(|m| m.outbox.id != id);
         self.members.is_empty()
     }
 
-    /// A room event, to every member but the session it is about.
+    /// A room event, to every level member but the session it is about. (Events are not
+    /// stored: a member behind does not see those that come while it catches up.)
     pub fn announce(&mut self, event: &Arc<Broadcast>, about: Option<SessionId>) {
-        self.members
-            .retain(|m| Some(m.session) == about || m.push_event(event));
+        self.members.retain(|m| {
+            m.behind.is_some() || Some(m.outbox.session) == about || m.outbox.push_event(event)
+        });
     }
 
-    fn deliver(&mut self, message: Arc<Broadcast>) {
-        self.delivered = message.seq();
-        self.tail = self.tail.max(self.delivered.unwrap_or_default());
-        // A member that is gone or too slow is dropped from the room here, once.
-        self.members.retain(|m| m.push_event(&message));
+    fn level(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.behind.is_none())
+    }
+
+    /// Hands `message`, the next seq, to every level member. Live, a member whose queue is full
+    /// is too slow and leaves the room; in bulk (what a gap held, what the store gave back), a
+    /// member without room to spare falls behind instead.
+    fn deliver(&mut self, message: Arc<Broadcast>, bulk: bool) {
+        let seq = message.seq().unwrap_or_default();
+        self.delivered = Some(seq);
+        self.tail = self.tail.max(seq);
+        let (fallen, turns) = (&mut self.fallen, &mut self.turns);
+        self.members.retain_mut(|m| {
+            if m.behind.is_some() {
+                return true;
+            }
+            if !bulk {
+                return m.outbox.push_event(&message);
+            }
+            match m.outbox.offer(&message) {
+                Offer::Queued => true,
+                Offer::Gone => false,
+                Offer::Full => {
+                    *turns += 1;
+                    m.behind = Some((seq - 1, *turns));
+                    fallen.push((m.outbox.id, *turns));
+                    true
+                }
+            }
+        });
         self.ring.push_back(message);
         if self.ring.len() > self.ring_size {
             self.ring.pop_front();
         }
     }
 
-    /// Releases as much of the backlog as every member's queue has room for now.
-    fn release_paced(&mut self, now: Instant) {
-        if !self.backlog() && self.held.is_empty() {
-            return;
-        }
-        let room = self
-            .members
-            .iter()
-            .filter(|m| m.is_open())
-            .map(|m| m.room_left())
-            .min();
-        self.release(room.unwrap_or(usize::MAX), now);
-    }
-
-    /// Delivers up to `n` held messages that now follow without a gap; forgets the ones already
-    /// past.
-    fn release(&mut self, mut n: usize, now: Instant) {
+    /// Delivers the held messages that now follow without a gap, in bulk; forgets the ones
+    /// already past.
+    fn release(&mut self, now: Instant) {
         let Some(mut delivered) = self.delivered else {
             return;
         };
         while let Some(entry) = self.held.first_entry() {
             let seq = *entry.key();
-            if seq > delivered + 1 || (seq == delivered + 1 && n == 0) {
+            if seq > delivered + 1 {
                 break;
             }
             let message = entry.remove();
             if seq == delivered + 1 {
-                self.deliver(message);
+                self.deliver(message, true);
                 delivered = seq;
-                n -= 1;
             }
         }
         if self.gap().is_none() {
@@ -438,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn what_was_held_behind_a_gap_goes_out_no_faster_than_the_members_queues_take_it() {
+    fn a_member_without_room_for_what_a_gap_held_falls_behind_and_is_caught_up_from_the_store() {
         let (mut feed, mut first, now) = at_four();
         let id = SessionId::random();
         let (small, mut inbox) = queue(id, id, 4);
@@ -446,26 +567,31 @@ mod tests {
         for seq in 6..=12 {
             admit(&mut feed, seq, now);
         }
-        assert_eq!(
-            admit(&mut feed, 5, now),
-            Some(now),
-            "a backlog, for the repair now"
-        );
-        assert_eq!(
-            received(&mut inbox),
-            [5, 6, 7, 8],
-            "as much as the queue took"
-        );
-        assert!(feed.backlog());
-        assert_eq!(feed.gap(), None);
-        assert_eq!(feed.step(), 2, "half the smallest queue");
-        feed.release_step(feed.step(), now);
-        assert_eq!(received(&mut inbox), [9, 10]);
-        feed.release_step(feed.step(), now);
-        feed.release_step(feed.step(), now);
-        assert_eq!(received(&mut inbox), [11, 12]);
-        assert!(!feed.needs_repair());
+        admit(&mut feed, 5, now);
         assert_eq!(received(&mut first), (5..=12).collect::<Vec<_>>());
+        // 5 came live; of what the gap held, as much as leaves its headroom (1) free.
+        assert_eq!(received(&mut inbox), [5, 6, 7]);
+        let fallen = feed.take_fallen();
+        assert_eq!(fallen.len(), 1);
+        let (_, turn) = fallen[0];
+        assert_eq!(feed.behind(id, turn).map(|(_, at)| at), Some(7));
+        // Skipped while behind; the store gives back what it missed, the ring the rest.
+        admit(&mut feed, 13, now);
+        assert_eq!(received(&mut inbox), Vec::<i64>::new());
+        let page = vec![message(8), message(9)];
+        assert_eq!(feed.catch_up(id, turn, 7, page), CaughtUp::After(9));
+        assert_eq!(received(&mut inbox), [8, 9]);
+        assert_eq!(
+            feed.catch_up(id, turn, 7, vec![message(8)]),
+            CaughtUp::Gone,
+            "a stale page"
+        );
+        let page = vec![message(10), message(11)];
+        assert_eq!(feed.catch_up(id, turn, 9, page), CaughtUp::Level);
+        assert_eq!(received(&mut inbox), [10, 11, 12, 13]);
+        admit(&mut feed, 14, now);
+        assert_eq!(received(&mut inbox), [14]);
+        assert_eq!(received(&mut first), [13, 14]);
     }
 
     #[test]
@@ -525,7 +651,7 @@ mod tests {
         assert_eq!(feed.attach(outbox.clone(), 5), Attach::Live);
         assert_eq!(received(&mut inbox), [6, 7]);
         let (outbox, _inbox) = member();
-        assert_eq!(feed.attach(outbox, 3), Attach::CatchUpFrom(3));
+        assert_eq!(feed.attach(outbox, 3), Attach::Behind(1));
         // A cursor at or past the newest (a store read ran ahead) attaches with nothing queued.
         let (outbox, mut inbox) = member();
         assert_eq!(feed.attach(outbox, 9), Attach::Live);
@@ -542,7 +668,7 @@ mod tests {
         let (mut feed, mut first, now) = at_four();
         admit(&mut feed, 5, now);
         let (outbox, _inbox) = member();
-        assert_eq!(feed.attach(outbox, 0), Attach::CatchUpFrom(0));
+        assert_eq!(feed.attach(outbox, 0), Attach::Behind(1));
         admit(&mut feed, 6, now);
         assert_eq!(
             received(&mut first),
