@@ -190,12 +190,6 @@ impl Outbox {
         self.push(Delivery::Event(event.clone()))
     }
 
-    /// Whether its queue has room for `n` more deliveries (or is at least half empty, when it
-    /// could never hold `n`).
-    pub fn can_take(&self, n: usize) -> bool {
-        self.queue.room_left() >= n.min(self.queue.capacity / 2)
-    }
-
     /// The most deliveries its queue holds.
     pub fn capacity(&self) -> usize {
         self.queue.capacity
@@ -207,9 +201,14 @@ impl Outbox {
         HEADROOM.min(self.queue.capacity / 4)
     }
 
+    /// How many deliveries that can wait [`Outbox::offer`] would queue now.
+    pub fn room_to_offer(&self) -> usize {
+        self.queue.room_left().saturating_sub(self.headroom())
+    }
+
     /// Queues a delivery that can wait, unless that would eat into the headroom. Never marks the
     /// receiver too slow: it can be given the delivery later instead.
-    pub fn offer(&self, event: &Arc<Broadcast>) -> Offer {
+    pub fn offer(&self, delivery: Delivery) -> Offer {
         if !self.is_open() {
             return Offer::Gone;
         }
@@ -218,25 +217,24 @@ impl Outbox {
             if items.len() + self.headroom() >= self.queue.capacity {
                 return Offer::Full;
             }
-            items.push_back(Delivery::Event(event.clone()));
+            items.push_back(delivery);
         }
         self.queue.arrived.notify_one();
         Offer::Queued
     }
 
-    /// Waits (up to `limit`) until the queue has room for `n` deliveries. A receiver that does
-    /// not make room in time is too slow: it is marked (and counted) and false is returned; false
-    /// too when it is gone.
-    pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
-        let n = n.min(self.queue.capacity);
+    /// Waits (up to `limit`) until an offer would be queued. False if it would not be by then,
+    /// or the receiver is gone. Blames nobody: whoever waits decides what a wait too long means.
+    pub async fn wait_to_offer(&self, limit: std::time::Duration) -> bool {
         let made_room = wait_until(&self.queue.taken, || {
-            !self.is_open() || self.queue.room_left() >= n
+            !self.is_open() || self.room_to_offer() > 0
         });
-        let in_time = tokio::time::timeout(limit, made_room).await.is_ok();
-        if !in_time && !self.queue.receiver_gone.load(Ordering::Acquire) {
-            self.mark_too_slow();
-        }
-        in_time && self.is_open()
+        tokio::time::timeout(limit, made_room).await.is_ok() && self.is_open()
+    }
+
+    /// Marks the receiver too slow (and counts it): it must be disconnected.
+    pub fn cut_off(&self) {
+        self.mark_too_slow();
     }
 
     fn mark_too_slow(&self) {
@@ -375,7 +373,7 @@ mod tests {
         }
         let waiting = tokio::spawn(async move {
             // Far longer than the test takes: only the receiver's take can end the wait.
-            outbox.wait_for_room(2, Duration::from_secs(60)).await
+            outbox.wait_to_offer(Duration::from_secs(60)).await
         });
         let mut got = Vec::new();
         inbox.recv_many(&mut got, 2).await;
@@ -393,7 +391,7 @@ mod tests {
         let waiting: Vec<_> = (0..2)
             .map(|_| {
                 let outbox = outbox.clone();
-                tokio::spawn(async move { outbox.wait_for_room(1, Duration::from_secs(60)).await })
+                tokio::spawn(async move { outbox.wait_to_offer(Duration::from_secs(60)).await })
             })
             .collect();
         drop(inbox);

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::room::{Attach, CaughtUp};
@@ -14,6 +15,9 @@ use super::{Inner, PACE_LIMIT, PAGE, backoff, lock};
 use crate::core::model::{Delivery, Position, Room, SessionId, SessionRecord};
 use crate::core::outbox::Outbox;
 use crate::core::ports::StoreError;
+
+/// How often a catch-up waiting for room looks whether its receiver is still behind.
+const MOMENT: Duration = Duration::from_millis(100);
 
 /// A receiver to feed from a position, and the route that must still lead to it when it
 /// becomes a member of the room.
@@ -72,12 +76,12 @@ impl Inner {
         }
     }
 
-    /// Reads what member `id` of `room` missed from the store and queues it, a page at a time,
+    /// Reads what member `id` of `room` missed from the store and offers it, a page at a time,
     /// until it is level — for as long as it is a member, behind under this `turn`. A page is
-    /// read only once the receiver's queue has room for it, so nothing waits while holding a
-    /// page; a receiver that makes no room within `PACE_LIMIT` is too slow and leaves the room.
-    /// Each page read takes a turn: at most `MAX_CATCH_UPS` read at once on a pod, so a long
-    /// catch-up never keeps another waiting longer than their pages.
+    /// read only once the receiver's queue has room for it, and no larger, so nothing waits
+    /// while holding a page; a receiver whose queue stays full for `PACE_LIMIT` is too slow and
+    /// leaves the room. Each page read takes a turn: at most `MAX_CATCH_UPS` read at once on a
+    /// pod, so a long catch-up never keeps another waiting longer than their pages.
     async fn catch_up(self: Arc<Self>, room: Room, id: SessionId, turn: u64) {
         let mut delays = backoff();
         loop {
@@ -90,15 +94,24 @@ impl Inner {
             let Some((outbox, cursor)) = cell.feed().behind(id, turn) else {
                 return;
             };
-            // Half its queue at most: a page queued at once never fills it.
-            let n = (outbox.capacity() / 2).clamp(1, PAGE);
-            if !outbox
-                .wait_for_room(n + outbox.headroom(), PACE_LIMIT)
-                .await
-            {
-                self.leave(&room.name, id);
-                return;
+            if outbox.room_to_offer() == 0 {
+                let deadline = Instant::now() + PACE_LIMIT;
+                // Looked at again every moment: it may leave the room (or go) meanwhile, and
+                // then it is not this catch-up's to cut off.
+                while !outbox.wait_to_offer(MOMENT).await {
+                    if !outbox.is_open() || cell.feed().behind(id, turn).is_none() {
+                        self.leave_if_behind(&room.name, id, turn);
+                        return;
+                    }
+                    if Instant::now() >= deadline {
+                        outbox.cut_off();
+                        self.leave_if_behind(&room.name, id, turn);
+                        return;
+                    }
+                }
+                continue;
             }
+            let n = outbox.room_to_offer().min(PAGE);
             drop(outbox);
             let read = {
                 let Ok(_turn) = self.catch_ups.acquire().await else {
@@ -121,11 +134,7 @@ impl Inner {
                     self.forget_if_empty(&room.name);
                     return;
                 }
-                CaughtUp::After(next) if next == cursor => {
-                    // The feed is ahead of the store (a restore took messages back): the
-                    // probe rewinds it; until then, do not spin.
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
-                }
+                // Its queue filled meanwhile (a DM, an event): it waits for room above.
                 CaughtUp::After(_) => delays = backoff(),
             }
         }

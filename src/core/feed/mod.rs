@@ -383,6 +383,19 @@ impl Inner {
         }
     }
 
+    /// Removes member `id` of `room` if it is still behind under catch-up `turn` (a catch-up
+    /// giving up on it).
+    fn leave_if_behind(&self, room: &RoomName, id: SessionId, turn: u64) {
+        let mut rooms = lock(&self.rooms);
+        let empty = rooms.get(room).is_some_and(|cell| {
+            let mut feed = cell.feed();
+            feed.behind(id, turn).is_some() && feed.leave(id)
+        });
+        if empty {
+            rooms.remove(room);
+        }
+    }
+
     fn cell_or_new(&self, room: &Room) -> Arc<Cell> {
         lock(&self.rooms)
             .entry(room.name.clone())
@@ -666,6 +679,39 @@ mod tests {
             }
         });
         assert!(all.await.is_ok(), "the reader waited for the stuck member");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_fell_behind_and_left_the_room_is_not_cut_off_as_too_slow() {
+        let (store, feeds, room) = room_with(2).await;
+        let (member, mut inbox) = receiver();
+        feeds.join(&room, member).await.unwrap();
+        let (full, full_inbox) = receiver();
+        feeds.join(&room, full.clone()).await.unwrap();
+        for i in 0..60 {
+            let next = append(&store, &room, &format!("m{i}")).await;
+            feeds.deliver(Envelope::Message(next));
+        }
+        for seq in 3..=62 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+        // What a late publish held goes to the one with room; the other falls behind, then
+        // leaves for another room (a /join) before it reads again.
+        let late = append(&store, &room, "late").await;
+        for i in 0..10 {
+            let next = append(&store, &room, &format!("after {i}")).await;
+            feeds.deliver(Envelope::Message(next));
+        }
+        feeds.deliver(Envelope::Message(late));
+        for seq in 63..=73 {
+            assert_eq!(next_seq(&mut inbox).await, seq);
+        }
+        // (Paused time moves on only once every task waits: its catch-up is waiting for room.)
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        feeds.leave(&room.name, full.id);
+        // Time passes, far past the PACE_LIMIT it had to make room while it was behind.
+        tokio::time::sleep(PACE_LIMIT * 2).await;
+        assert!(!full_inbox.too_slow.is_set());
     }
 
     #[tokio::test]

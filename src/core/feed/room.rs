@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,6 +33,13 @@ pub const HOLD: Duration = Duration::from_millis(50);
 /// Messages held after a gap, at most. Past this the newest are dropped: they are in the store,
 /// and the repair reads them back in order.
 const MAX_HELD: usize = 10_000;
+
+/// Numbers catch-ups pod-wide, so that one a member no longer needs — it left, or its feed was
+/// dropped and made again — stops.
+fn next_turn() -> u64 {
+    static TURNS: AtomicU64 = AtomicU64::new(0);
+    TURNS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// What a receiver's position needs before it can be fed live.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,8 +85,6 @@ pub struct RoomFeed {
     members: Vec<Member>,
     /// Members that fell behind since the async side last looked, with their catch-up's turn.
     fallen: Vec<(SessionId, u64)>,
-    /// Numbers catch-ups, so that one a member no longer needs stops.
-    turns: u64,
     /// A repair (a store read) is running or scheduled: at most one per room.
     pub repairing: bool,
 }
@@ -95,7 +101,6 @@ impl RoomFeed {
             ring_size: ring_size.max(1),
             members: Vec::new(),
             fallen: Vec::new(),
-            turns: 0,
             repairing: false,
         }
     }
@@ -113,10 +118,11 @@ impl RoomFeed {
         self.members.is_empty()
     }
 
-    /// Whether every level member's queue can take `n` more deliveries (a repair's next page).
+    /// Whether every level member's queue would take `n` more deliveries that can wait (a
+    /// repair's next page).
     pub fn members_have_room(&self, n: usize) -> bool {
         self.level()
-            .all(|m| !m.outbox.is_open() || m.outbox.can_take(n))
+            .all(|m| !m.outbox.is_open() || m.outbox.room_to_offer() >= n)
     }
 
     /// How many messages a repair reads at once: a page, or half the smallest member's queue if
@@ -142,9 +148,10 @@ impl RoomFeed {
     }
 
     /// A page read from the store after `after` for member `id`, behind under catch-up `turn`:
-    /// queued (a reset first if it does not start right after `after`: retention took what is
-    /// in between), up to what the feed has delivered; then, if the ring reaches back to where it
-    /// is, the ring's rest, and it is level.
+    /// offered up to what the feed has delivered — first a reset, if the store has lost what
+    /// comes right after `after` (retention, a restore) — then, if the ring reaches back to
+    /// where it is, the ring's rest, and it is level. What its queue has no room for it is
+    /// offered next time.
     pub fn catch_up(
         &mut self,
         id: SessionId,
@@ -161,45 +168,58 @@ impl RoomFeed {
         if self.members[at].behind != Some((after, turn)) {
             return CaughtUp::Gone;
         }
-        let outbox = self.members[at].outbox.clone();
+        let reset_at = match page.first().map(|m| m.seq) {
+            Some(first) if first != after + 1 => Some(first.min(delivered + 1)),
+            // Nothing after it at all, though the room went on: that is gone too.
+            None if after < delivered => Some(delivered + 1),
+            _ => None,
+        };
+        let reset = reset_at.map(|next| (next - 1, Delivery::reset(self.room.name.clone(), next)));
+        let messages = page
+            .into_iter()
+            .take_while(|m| m.seq <= delivered)
+            .map(|m| (m.seq, Delivery::Event(Broadcast::message(m))));
         let mut cursor = after;
-        let mut queued = true;
-        if let Some(first) = page.first().map(|m| m.seq)
-            && first != after + 1
-        {
-            let next = first.min(delivered + 1);
-            queued = outbox.push(Delivery::reset(self.room.name.clone(), next));
-            cursor = next - 1;
-        }
-        for message in page.into_iter().take_while(|m| m.seq <= delivered) {
-            if !queued {
-                break;
+        for (seq, delivery) in reset.into_iter().chain(messages) {
+            match self.members[at].outbox.offer(delivery) {
+                Offer::Queued => cursor = seq,
+                Offer::Full => return self.still_behind(at, cursor, turn),
+                Offer::Gone => {
+                    self.members.swap_remove(at);
+                    return CaughtUp::Gone;
+                }
             }
-            cursor = message.seq;
-            queued = outbox.push(Delivery::Event(Broadcast::message(message)));
         }
         let oldest = self
             .ring
             .front()
             .and_then(|m| m.seq())
             .unwrap_or(delivered + 1);
-        if queued && oldest <= cursor + 1 {
-            for message in self.ring.iter().filter(|m| m.seq() > Some(cursor)) {
-                if !outbox.push_event(message) {
-                    queued = false;
-                    break;
+        if oldest > cursor + 1 {
+            return self.still_behind(at, cursor, turn);
+        }
+        let rest: Vec<Arc<Broadcast>> = self
+            .ring
+            .iter()
+            .filter(|m| m.seq() > Some(cursor))
+            .cloned()
+            .collect();
+        for message in rest {
+            let seq = message.seq().unwrap_or(cursor);
+            match self.members[at].outbox.offer(Delivery::Event(message)) {
+                Offer::Queued => cursor = seq,
+                Offer::Full => return self.still_behind(at, cursor, turn),
+                Offer::Gone => {
+                    self.members.swap_remove(at);
+                    return CaughtUp::Gone;
                 }
             }
-            if queued {
-                self.members[at].behind = None;
-                return CaughtUp::Level;
-            }
         }
-        if !queued {
-            // Gone, or too slow (marked as such): out of the room.
-            self.members.swap_remove(at);
-            return CaughtUp::Gone;
-        }
+        self.members[at].behind = None;
+        CaughtUp::Level
+    }
+
+    fn still_behind(&mut self, at: usize, cursor: i64, turn: u64) -> CaughtUp {
         self.members[at].behind = Some((cursor, turn));
         CaughtUp::After(cursor)
     }
@@ -308,17 +328,20 @@ impl RoomFeed {
     }
 
     /// The store's history now ends at `last_seq`, before what this feed delivered (a restore):
-    /// members are told their place is gone, and the feed goes on from there. Members behind
-    /// are level from there too: what they were catching up on no longer exists.
+    /// members are told their place is gone, and the feed goes on from there. A member behind
+    /// before `last_seq` goes on catching up: what it has yet to see is still there.
     pub fn rewind(&mut self, last_seq: i64, now: Instant) {
         self.delivered = Some(last_seq);
         self.tail = last_seq;
         self.held.clear();
         self.ring.clear();
         let reset = Delivery::reset(self.room.name.clone(), last_seq + 1);
-        self.members.retain_mut(|m| {
-            m.behind = None;
-            m.outbox.push(reset.clone())
+        self.members.retain_mut(|m| match m.behind {
+            Some((cursor, _)) if cursor < last_seq => true,
+            _ => {
+                m.behind = None;
+                m.outbox.push(reset.clone())
+            }
         });
         self.gap_opened(now);
     }
@@ -364,12 +387,12 @@ impl RoomFeed {
     }
 
     fn fall_behind(&mut self, member: Outbox, cursor: i64) -> Attach {
-        self.turns += 1;
+        let turn = next_turn();
         self.members.push(Member {
             outbox: member,
-            behind: Some((cursor, self.turns)),
+            behind: Some((cursor, turn)),
         });
-        Attach::Behind(self.turns)
+        Attach::Behind(turn)
     }
 
     /// Removes a receiver. True when the feed has no member left.
@@ -378,12 +401,11 @@ impl RoomFeed {
         self.members.is_empty()
     }
 
-    /// A room event, to every level member but the session it is about. (Events are not
-    /// stored: a member behind does not see those that come while it catches up.)
+    /// A room event, to every member but the session it is about — one behind too: events are
+    /// not stored, so it is shown now, ahead of the messages it is still being given.
     pub fn announce(&mut self, event: &Arc<Broadcast>, about: Option<SessionId>) {
-        self.members.retain(|m| {
-            m.behind.is_some() || Some(m.outbox.session) == about || m.outbox.push_event(event)
-        });
+        self.members
+            .retain(|m| Some(m.outbox.session) == about || m.outbox.push_event(event));
     }
 
     fn level(&self) -> impl Iterator<Item = &Member> {
@@ -397,7 +419,7 @@ impl RoomFeed {
         let seq = message.seq().unwrap_or_default();
         self.delivered = Some(seq);
         self.tail = self.tail.max(seq);
-        let (fallen, turns) = (&mut self.fallen, &mut self.turns);
+        let fallen = &mut self.fallen;
         self.members.retain_mut(|m| {
             if m.behind.is_some() {
                 return true;
@@ -405,13 +427,13 @@ impl RoomFeed {
             if !bulk {
                 return m.outbox.push_event(&message);
             }
-            match m.outbox.offer(&message) {
+            match m.outbox.offer(Delivery::Event(message.clone())) {
                 Offer::Queued => true,
                 Offer::Gone => false,
                 Offer::Full => {
-                    *turns += 1;
-                    m.behind = Some((seq - 1, *turns));
-                    fallen.push((m.outbox.id, *turns));
+                    let turn = next_turn();
+                    m.behind = Some((seq - 1, turn));
+                    fallen.push((m.outbox.id, turn));
                     true
                 }
             }
@@ -587,11 +609,52 @@ mod tests {
             "a stale page"
         );
         let page = vec![message(10), message(11)];
-        assert_eq!(feed.catch_up(id, turn, 9, page), CaughtUp::Level);
-        assert_eq!(received(&mut inbox), [10, 11, 12, 13]);
+        assert_eq!(
+            feed.catch_up(id, turn, 9, page),
+            CaughtUp::After(12),
+            "as much as leaves its headroom free, from the ring too"
+        );
+        assert_eq!(received(&mut inbox), [10, 11, 12]);
+        assert_eq!(
+            feed.catch_up(id, turn, 12, vec![message(13)]),
+            CaughtUp::Level
+        );
+        assert_eq!(received(&mut inbox), [13]);
         admit(&mut feed, 14, now);
         assert_eq!(received(&mut inbox), [14]);
         assert_eq!(received(&mut first), [13, 14]);
+    }
+
+    #[test]
+    fn a_member_behind_when_the_store_goes_back_keeps_catching_up_on_what_is_still_there() {
+        let (mut feed, _first, now) = at_four();
+        for seq in 5..=10 {
+            admit(&mut feed, seq, now);
+        }
+        let (outbox, mut inbox) = member();
+        let id = outbox.id;
+        let Attach::Behind(turn) = feed.attach(outbox, 2) else {
+            panic!("the ring does not reach back to 2");
+        };
+        // A restore: the store ends at 8.
+        feed.rewind(8, now);
+        let page = (3..=8).map(message).collect();
+        assert_eq!(feed.catch_up(id, turn, 2, page), CaughtUp::Level);
+        admit(&mut feed, 9, now);
+        assert_eq!(received(&mut inbox), [3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_store_with_nothing_after_a_members_position_resets_it() {
+        let (mut feed, _first, now) = at_four();
+        let (outbox, mut inbox) = member();
+        let id = outbox.id;
+        let Attach::Behind(turn) = feed.attach(outbox, 1) else {
+            panic!("the ring does not reach back to 1");
+        };
+        assert_eq!(feed.catch_up(id, turn, 1, Vec::new()), CaughtUp::Level);
+        admit(&mut feed, 5, now);
+        assert_eq!(received(&mut inbox), [-1, 5]);
     }
 
     #[test]
