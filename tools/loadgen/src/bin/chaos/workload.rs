@@ -795,16 +795,26 @@ async fn stream(
     }
     let mut first_connected = true;
     let mut hop = Instant::now() + ctx.send_every * 8;
+    // A hop under way: its requests run beside the reading of the stream, as a browser's would —
+    // one that waits (a session lock lapsing after a fault) must not leave the stream unread.
+    let mut hopping: Option<futures::future::BoxFuture<'_, ()>> = None;
     let why = loop {
         let chunk = tokio::select! {
             _ = ctx.stop.cancelled() => break "end of run".to_owned(),
             chunk = body.next() => chunk,
-            _ = tokio::time::sleep_until(hop), if churn && !ctx.sending.is_cancelled() => {
+            _ = tokio::time::sleep_until(hop),
+                if churn && hopping.is_none() && !ctx.sending.is_cancelled() => {
                 // The session hops to another room and back, on whichever replica.
                 let other = &ctx.rooms[(spec.room + 1) % ctx.rooms.len()];
                 let pick = rand::rng().random_range(0..ctx.addrs.len());
-                let _ = join(ctx, spec, pick, web, other).await;
-                let _ = join(ctx, spec, pick + 1, web, home).await;
+                hopping = Some(Box::pin(async move {
+                    let _ = join(ctx, spec, pick, web, other).await;
+                    let _ = join(ctx, spec, pick + 1, web, home).await;
+                }));
+                continue;
+            }
+            () = async { hopping.as_mut().expect("a hop under way").await }, if hopping.is_some() => {
+                hopping = None;
                 hop = Instant::now() + ctx.send_every * 8;
                 continue;
             }
