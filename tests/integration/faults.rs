@@ -822,10 +822,9 @@ async fn a_stream_resuming_across_a_restore_of_the_store_gets_a_reset_not_a_sile
     );
 }
 
-#[tokio::test]
-async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_in_gets_a_reset() {
-    let cluster = Cluster::start(1, &[]).await;
-    let http = cluster.http(0);
+/// Rooms busy (35 messages, seqs 1..=35) and calm (30), written by the returned netcat user, who
+/// stays in calm.
+async fn busy_and_calm(cluster: &Cluster) -> Client {
     let mut nc = Client::login(cluster.tcp(0), "nc").await;
     nc.create("busy").await;
     for i in 0..35 {
@@ -837,27 +836,25 @@ async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_i
         nc.send(&format!("c{i}")).await;
         nc.expect(&format!("[calm] nc: c{i}")).await;
     }
-    let web = http.connect("web").await;
-    http.command(&web, "/join busy").await;
-    let (mut events, cookie) = http
-        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
-        .await;
-    events.expect("connected").await;
-    drop(events);
-    // The session moves while its stream is down; calm goes on past busy's 35.
-    http.command(&web, "/join calm").await;
-    nc.expect("[system] web joined calm").await;
+    nc
+}
+
+/// Calm goes on past 35 (c30..c39, seqs 31..=40); then `web`'s session stream resumes with
+/// busy's last id, 35 — which calm also has — and the cookies it was given. It must say `reset`
+/// in calm, then show every one of `kept`.
+async fn resume_in_calm_with_busys_35(
+    http: &Http,
+    nc: &mut Client,
+    web: &str,
+    cookie: Option<&str>,
+    kept: &[&str],
+) {
     for i in 30..40 {
         nc.send(&format!("c{i}")).await;
         nc.expect(&format!("[calm] nc: c{i}")).await;
     }
-    // The browser resumes with the last id it saw — 35, of busy — which calm also has.
     let (mut resumed, _) = http
-        .stream_with_cookie(
-            &format!("/api/events?sessionId={web}"),
-            Some(35),
-            cookie.as_deref(),
-        )
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), Some(35), cookie)
         .await;
     assert_eq!(resumed.expect("connected").await["room"], "calm");
     resumed.expect("reset").await;
@@ -871,11 +868,28 @@ async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_i
         );
     }
     assert!(
-        ["c31", "c32", "c33", "c34", "c35"]
-            .iter()
-            .all(|c| contents.iter().any(|s| s == c)),
+        kept.iter().all(|c| contents.iter().any(|s| s == c)),
         "nothing after the join is skipped: {contents:?}"
     );
+}
+
+#[tokio::test]
+async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_in_gets_a_reset() {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = busy_and_calm(&cluster).await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join busy").await;
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    events.expect("connected").await;
+    drop(events);
+    // The session moves while its stream is down.
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    let kept = ["c31", "c32", "c33", "c34", "c35"];
+    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), &kept).await;
 }
 
 #[tokio::test]
@@ -883,17 +897,7 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
  {
     let cluster = Cluster::start(1, &[]).await;
     let http = cluster.http(0);
-    let mut nc = Client::login(cluster.tcp(0), "nc").await;
-    nc.create("busy").await;
-    for i in 0..35 {
-        nc.send(&format!("b{i}")).await;
-        nc.expect(&format!("[busy] nc: b{i}")).await;
-    }
-    nc.create("calm").await;
-    for i in 0..30 {
-        nc.send(&format!("c{i}")).await;
-        nc.expect(&format!("[calm] nc: c{i}")).await;
-    }
+    let mut nc = busy_and_calm(&cluster).await;
     let web = http.connect("web").await;
     http.command(&web, "/join calm").await;
     nc.expect("[system] web joined calm").await;
@@ -906,38 +910,12 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
     http.command(&web, "/join busy").await;
     nc.expect("[system] web left calm").await;
     assert_eq!(events.expect("connected").await["room"], "busy");
-    // It drops before it is told of the way back to calm, which then goes on past 35.
+    // It drops before it is told of the way back to calm.
     drop(events);
     http.command(&web, "/join calm").await;
     nc.expect("[system] web joined calm").await;
-    for i in 30..40 {
-        nc.send(&format!("c{i}")).await;
-        nc.expect(&format!("[calm] nc: c{i}")).await;
-    }
-    let (mut resumed, _) = http
-        .stream_with_cookie(
-            &format!("/api/events?sessionId={web}"),
-            Some(35),
-            cookie.as_deref(),
-        )
-        .await;
-    assert_eq!(resumed.expect("connected").await["room"], "calm");
-    resumed.expect("reset").await;
-    let mut contents = Vec::new();
-    while contents.last().map(String::as_str) != Some("c39") {
-        contents.push(
-            next_message(&mut resumed).await["content"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    assert!(
-        ["c30", "c31", "c32", "c33", "c34"]
-            .iter()
-            .all(|c| contents.iter().any(|s| s == c)),
-        "nothing after the join is skipped: {contents:?}"
-    );
+    let kept = ["c30", "c31", "c32", "c33", "c34"];
+    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), &kept).await;
 }
 
 #[tokio::test]

@@ -650,39 +650,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_member_that_does_not_read_holds_nobody_back_when_a_gap_closes() {
-        let (store, feeds, room) = room_with(2).await;
-        let (member, mut inbox) = receiver();
-        feeds.join(&room, member).await.unwrap();
-        let (stuck, _stuck) = receiver();
-        feeds.join(&room, stuck).await.unwrap();
-        // The stuck member's queue (64) fills with what the other reads.
-        for i in 0..60 {
-            let next = append(&store, &room, &format!("m{i}")).await;
-            feeds.deliver(Envelope::Message(next));
-        }
-        for seq in 3..=62 {
-            assert_eq!(next_seq(&mut inbox).await, seq);
-        }
-        // Seq 63's publish comes late: 100 more are held behind it until it does.
-        let late = append(&store, &room, "late").await;
-        for i in 0..100 {
-            let next = append(&store, &room, &format!("after {i}")).await;
-            feeds.deliver(Envelope::Message(next));
-        }
-        feeds.deliver(Envelope::Message(late));
-        // Well before the stuck member would be cut off as too slow.
-        let all = tokio::time::timeout(PACE_LIMIT / 2, async {
-            for seq in 63..=163 {
-                assert_eq!(next_seq(&mut inbox).await, seq);
-            }
-        });
-        assert!(all.await.is_ok(), "the reader waited for the stuck member");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_member_that_fell_behind_and_left_the_room_is_not_cut_off_as_too_slow() {
+    /// A room with a member that reads (its inbox returned) and one that does not: 60 live
+    /// messages fill the second one's queue (64) while the first reads them; then seq 63's
+    /// publish comes late, after `held` more, held behind it until it does.
+    async fn a_full_member_and_a_late_publish(held: usize) -> (Feeds, Room, Inbox, Outbox, Inbox) {
         let (store, feeds, room) = room_with(2).await;
         let (member, mut inbox) = receiver();
         feeds.join(&room, member).await.unwrap();
@@ -695,14 +666,33 @@ mod tests {
         for seq in 3..=62 {
             assert_eq!(next_seq(&mut inbox).await, seq);
         }
-        // What a late publish held goes to the one with room; the other falls behind, then
-        // leaves for another room (a /join) before it reads again.
         let late = append(&store, &room, "late").await;
-        for i in 0..10 {
+        for i in 0..held {
             let next = append(&store, &room, &format!("after {i}")).await;
             feeds.deliver(Envelope::Message(next));
         }
         feeds.deliver(Envelope::Message(late));
+        (feeds, room, inbox, full, full_inbox)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_does_not_read_holds_nobody_back_when_a_gap_closes() {
+        let (_feeds, _room, mut inbox, _full, _full_inbox) =
+            a_full_member_and_a_late_publish(100).await;
+        // Well before the full member would be cut off as too slow.
+        let all = tokio::time::timeout(PACE_LIMIT / 2, async {
+            for seq in 63..=163 {
+                assert_eq!(next_seq(&mut inbox).await, seq);
+            }
+        });
+        assert!(all.await.is_ok(), "the reader waited for the full member");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_fell_behind_and_left_the_room_is_not_cut_off_as_too_slow() {
+        // What the late publish held goes to the one with room; the other falls behind, then
+        // leaves for another room (a /join) before it reads again.
+        let (feeds, room, mut inbox, full, full_inbox) = a_full_member_and_a_late_publish(10).await;
         for seq in 63..=73 {
             assert_eq!(next_seq(&mut inbox).await, seq);
         }
