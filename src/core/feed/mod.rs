@@ -584,6 +584,18 @@ mod tests {
         store.append_messages(&[new]).await.unwrap().remove(0)
     }
 
+    /// A session of `web` in `room`, shown up to its seq 2, at revision 1.
+    fn session_in(room: &Room) -> SessionRecord {
+        SessionRecord {
+            id: SessionId::random(),
+            user_id: 1,
+            nick: Nickname::parse("web").unwrap(),
+            room: Some(room.clone()),
+            seen: 2,
+            revision: 1,
+        }
+    }
+
     fn receiver() -> (Outbox, Inbox) {
         let id = SessionId::random();
         queue(id, id, 64)
@@ -752,14 +764,7 @@ mod tests {
             rooms.push(room);
         }
         let feeds = Feeds::new(store.clone(), 3, CancellationToken::new());
-        let mut record = SessionRecord {
-            id: SessionId::random(),
-            user_id: 1,
-            nick: Nickname::parse("web").unwrap(),
-            room: Some(rooms[0].clone()),
-            seen: 2,
-            revision: 1,
-        };
+        let mut record = session_in(&rooms[0]);
         let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
         store.armed.store(true, Ordering::Release);
         // Far behind a's ring: a catch-up reads after 2, and is held with its page.
@@ -839,14 +844,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let mut record = SessionRecord {
-            id: SessionId::random(),
-            user_id: 1,
-            nick: Nickname::parse("web").unwrap(),
-            room: Some(first.clone()),
-            seen: 2,
-            revision: 1,
-        };
+        let mut record = session_in(&first);
         let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
         feeds.follow(&record, 2, outbox).await.unwrap();
         // The session joins b on another pod; a second tab opens a stream here, with the record
@@ -903,14 +901,7 @@ mod tests {
         for i in 0..3 {
             append(&store, &second, &format!("s{i}")).await;
         }
-        let mut record = SessionRecord {
-            id: SessionId::random(),
-            user_id: 1,
-            nick: Nickname::parse("web").unwrap(),
-            room: Some(first.clone()),
-            seen: 2,
-            revision: 1,
-        };
+        let mut record = session_in(&first);
         let (outbox, mut inbox) = queue(SessionId::random(), record.id, 64);
         feeds.follow(&record, 2, outbox).await.unwrap();
         record.room = Some(second.clone());
