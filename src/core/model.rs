@@ -158,6 +158,10 @@ pub struct SessionRecord {
     /// older release, which did not stamp them.
     #[serde(default)]
     pub revision: u64,
+    /// The revision at which the session last joined a room (or left one): what a stream's
+    /// position belongs to. A rename leaves it.
+    #[serde(default)]
+    pub joined: u64,
 }
 
 impl SessionRecord {
@@ -170,12 +174,23 @@ impl SessionRecord {
         self.revision = (self.revision + 1).max(u64::try_from(now).unwrap_or(0));
     }
 
-    /// Names the session's state a stream opened now starts in: its room and revision. Kept by
-    /// the client (a cookie) and sent back when it resumes: a stream resumed with another mark
-    /// may have followed its session through rooms since, and its last id may be another room's.
+    /// Stamps a changed record (see [`SessionRecord::revise`]), and notes a join or leave —
+    /// `before` was in another room, or shown another history block — as this revision's.
+    pub fn revise_from(&mut self, before: Option<&SessionRecord>) {
+        self.revise();
+        let moved = before.is_none_or(|b| (&b.room, b.seen) != (&self.room, self.seen));
+        if moved {
+            self.joined = self.revision;
+        }
+    }
+
+    /// Names the room visit a stream opened now starts in: its room and the revision of the
+    /// join. Kept by the client (a cookie) and sent back when it resumes: a stream resumed with
+    /// another mark may have followed its session through rooms since, and its last id may be
+    /// another room's.
     pub fn mark(&self) -> String {
         let room = self.room.as_ref().map_or("", |r| r.name.as_str());
-        format!("{room}.{}", self.revision)
+        format!("{room}.{}", self.joined)
     }
 
     /// Whether this record should replace one of revision `held`, seen before: a newer

@@ -2,8 +2,9 @@
 //! socket or stream takes them out and writes them.
 //!
 //! Live pushes never wait: a receiver whose queue is full is too slow and is told to disconnect
-//! (SPEC §3) instead of holding up its room. A catch-up, which reads the store page by page,
-//! waits for room in the queue instead: that is its backpressure.
+//! (SPEC §3) instead of holding up its room. Deliveries that can wait — what a gap held, pages a
+//! catch-up read from the store — are offered instead, and only while they leave a headroom
+//! free for live ones; a catch-up waits for that room before it reads: its backpressure.
 //!
 //! Every connection and stream has one, and most of them are idle most of the time, so an empty
 //! queue allocates nothing: it is a deque behind a lock, grown by a burst and given back after
@@ -223,11 +224,12 @@ impl Outbox {
         Offer::Queued
     }
 
-    /// Waits (up to `limit`) until an offer would be queued. False if it would not be by then,
-    /// or the receiver is gone. Blames nobody: whoever waits decides what a wait too long means.
-    pub async fn wait_to_offer(&self, limit: std::time::Duration) -> bool {
+    /// Waits (up to `limit`) until `n` offers would be queued. False if they would not be by
+    /// then, or the receiver is gone. Blames nobody: whoever waits decides what a wait too long
+    /// means.
+    pub async fn wait_for_room(&self, n: usize, limit: std::time::Duration) -> bool {
         let made_room = wait_until(&self.queue.taken, || {
-            !self.is_open() || self.room_to_offer() > 0
+            !self.is_open() || self.room_to_offer() >= n
         });
         tokio::time::timeout(limit, made_room).await.is_ok() && self.is_open()
     }
@@ -373,7 +375,7 @@ mod tests {
         }
         let waiting = tokio::spawn(async move {
             // Far longer than the test takes: only the receiver's take can end the wait.
-            outbox.wait_to_offer(Duration::from_secs(60)).await
+            outbox.wait_for_room(1, Duration::from_secs(60)).await
         });
         let mut got = Vec::new();
         inbox.recv_many(&mut got, 2).await;
@@ -391,7 +393,7 @@ mod tests {
         let waiting: Vec<_> = (0..2)
             .map(|_| {
                 let outbox = outbox.clone();
-                tokio::spawn(async move { outbox.wait_to_offer(Duration::from_secs(60)).await })
+                tokio::spawn(async move { outbox.wait_for_room(1, Duration::from_secs(60)).await })
             })
             .collect();
         drop(inbox);

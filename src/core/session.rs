@@ -122,8 +122,9 @@ pub struct Session {
     pub(super) limiter: Option<DefaultDirectRateLimiter>,
     /// A detached session's stored version, for its compare-and-set save.
     pub(super) version: u64,
-    /// A detached session's record's revision, as loaded (see [`SessionRecord::revision`]).
-    pub(super) revision: u64,
+    /// A detached session's record's `(revision, joined)`, as loaded (see
+    /// [`SessionRecord::revision`]).
+    pub(super) stamps: (u64, u64),
     /// A live session: cancelled when the pod can no longer vouch for its nickname.
     pub kicked: CancellationToken,
     /// A detached session: nicknames it gave up during this request, released once it is saved.
@@ -148,7 +149,7 @@ impl Session {
                 Quota::per_second(per_sec).allow_burst(burst),
             )),
             version: 0,
-            revision: 0,
+            stamps: (0, 0),
             kicked: CancellationToken::new(),
             given_up: Vec::new(),
         }
@@ -167,7 +168,7 @@ impl Session {
             outbox: None,
             limiter: None,
             version,
-            revision: record.revision,
+            stamps: (record.revision, record.joined),
             kicked: CancellationToken::new(),
             given_up: Vec::new(),
         }
@@ -182,7 +183,8 @@ impl Session {
             nick: user.nick.clone(),
             room: self.room.clone(),
             seen: self.view.seen(),
-            revision: self.revision,
+            revision: self.stamps.0,
+            joined: self.stamps.1,
         })
     }
 

@@ -919,6 +919,40 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
 }
 
 #[tokio::test]
+async fn an_events_stream_resumed_after_a_rename_goes_on_where_it_was() {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = busy_and_calm(&cluster).await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    events.expect("connected").await;
+    nc.send("c30").await;
+    nc.expect("[calm] nc: c30").await;
+    assert_eq!(next_message(&mut events).await["seq"], 31);
+    drop(events);
+    // A rename changes the session, not the room its stream was in.
+    http.command(&web, "/nick webby").await;
+    nc.expect("[system] web is now known as webby").await;
+    nc.send("c31").await;
+    nc.expect("[calm] nc: c31").await;
+    let (mut resumed, _) = http
+        .stream_with_cookie(
+            &format!("/api/events?sessionId={web}"),
+            Some(31),
+            cookie.as_deref(),
+        )
+        .await;
+    resumed.expect("connected").await;
+    let next = resumed.next().await;
+    assert_eq!(next.event, "message", "no reset: {next:?}");
+    assert_eq!(next.id, "32");
+}
+
+#[tokio::test]
 async fn a_browser_with_an_open_stream_keeps_its_session_and_name_through_a_valkey_restart() {
     let mut cluster = Cluster::start(2, &[("PRESENCE_TTL_SECS", "3")]).await;
     let mut nc = Client::login(cluster.tcp(0), "nc").await;

@@ -80,7 +80,7 @@ impl Chat {
         let mut record = session.record().ok_or(Error::UnknownSession)?;
         let changed = before.as_ref() != Some(&record);
         if changed {
-            record.revise();
+            record.revise_from(before.as_ref());
         }
         let saved = self
             .sessions

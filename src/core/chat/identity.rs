@@ -62,8 +62,9 @@ impl Chat {
             room: None,
             seen: 0,
             revision: 0,
+            joined: 0,
         };
-        record.revise();
+        record.revise_from(None);
         if let Err(e) = self
             .sessions
             .create(&record, self.limits.session_idle)

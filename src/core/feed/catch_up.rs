@@ -77,10 +77,10 @@ impl Inner {
     }
 
     /// Reads what member `id` of `room` missed from the store and offers it, a page at a time,
-    /// until it is level — for as long as it is a member, behind under this `turn`. A page is
-    /// read only once the receiver's queue has room for it, and no larger, so nothing waits
-    /// while holding a page; a receiver whose queue stays full for `PACE_LIMIT` is too slow and
-    /// leaves the room. Each page read takes a turn: at most `MAX_CATCH_UPS` read at once on a
+    /// until it is level — for as long as it is a member, behind under this `turn` (the number
+    /// of this catch-up, not a read permit). A page is read only once the receiver's queue can
+    /// take it whole, so nothing waits while holding a page; a receiver that does not make that
+    /// room within `PACE_LIMIT` is too slow and leaves the room. Each page read takes a turn: at most `MAX_CATCH_UPS` read at once on a
     /// pod, so a long catch-up never keeps another waiting longer than their pages.
     async fn catch_up(self: Arc<Self>, room: Room, id: SessionId, turn: u64) {
         let mut delays = backoff();
@@ -94,11 +94,17 @@ impl Inner {
             let Some((outbox, cursor)) = cell.feed().behind(id, turn) else {
                 return;
             };
-            if outbox.room_to_offer() == 0 {
+            // A page is half its queue (or PAGE): read once it can be offered whole.
+            let n = (outbox.capacity() / 2).clamp(1, PAGE);
+            if outbox.room_to_offer() < n {
                 let deadline = Instant::now() + PACE_LIMIT;
                 // Looked at again every moment: it may leave the room (or go) meanwhile, and
                 // then it is not this catch-up's to cut off.
-                while !outbox.wait_to_offer(MOMENT).await {
+                while outbox.room_to_offer() < n {
+                    outbox.wait_for_room(n, MOMENT).await;
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
                     if !outbox.is_open() || cell.feed().behind(id, turn).is_none() {
                         self.leave_if_behind(&room.name, id, turn);
                         return;
@@ -109,9 +115,7 @@ impl Inner {
                         return;
                     }
                 }
-                continue;
             }
-            let n = outbox.room_to_offer().min(PAGE);
             drop(outbox);
             let read = {
                 let Ok(_turn) = self.catch_ups.acquire().await else {

@@ -36,12 +36,13 @@ use directory::Directory;
 pub use room::HOLD;
 use room::RoomFeed;
 
-/// Messages read from the store per repair or catch-up query: what one catch-up holds in memory.
+/// Messages read from the store per repair or catch-up query, at most: what one holds in memory.
 const PAGE: usize = 500;
-/// Catch-ups (a stream resuming far back) running at once on a pod; others wait their turn.
+/// Catch-up page reads (for streams resuming far back, members behind after a gap) running at
+/// once on a pod; others wait their turn.
 const MAX_CATCH_UPS: usize = 16;
-/// How long a receiver being caught up has to make room in its queue for the next page before
-/// it is too slow, and is cut off as such.
+/// How long a member behind has to take its last page — to make room for a page (half its
+/// queue) beyond its headroom — before it is too slow, and is cut off as such.
 const PACE_LIMIT: Duration = Duration::from_secs(5);
 /// How long a repair waits for the members to take a page before sending the next: one that
 /// needs longer falls behind, and catches up from the store on its own.
@@ -431,7 +432,8 @@ impl Inner {
                 let due = (feed.gap().is_some() && !feed.repairing).then(|| Instant::now() + HOLD);
                 (result, due, feed.take_fallen())
             };
-            // (The load's release may have left members behind, were there any.)
+            // (Neither a join nor an attach leaves others behind, nor does a first load, which
+            // comes before any member: taken anyway, so that no step that ever does is missed.)
             self.bring_up(room, fallen);
             if let Some(due) = due {
                 self.repair(&cell, due);
@@ -593,6 +595,7 @@ mod tests {
             room: Some(room.clone()),
             seen: 2,
             revision: 1,
+            joined: 1,
         }
     }
 
@@ -813,6 +816,7 @@ mod tests {
             room: Some(room.clone()),
             seen: 0,
             revision,
+            joined: revision,
         };
         let (outbox, mut inbox) = queue(SessionId::random(), id, 64);
         feeds
@@ -852,6 +856,7 @@ mod tests {
         record.room = Some(second.clone());
         record.seen = 0;
         record.revision = 2;
+        record.joined = 2;
         feeds.hold(&record, SessionId::random());
         feeds.deliver(Envelope::SessionMoved(record));
         assert_eq!(next_seq(&mut inbox).await, 0, "moved to b");

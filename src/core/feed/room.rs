@@ -704,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_inside_the_ring_attaches_with_its_backlog_and_an_older_one_needs_a_catch_up() {
+    fn a_cursor_inside_the_ring_attaches_with_what_follows_it_and_an_older_one_falls_behind() {
         let (mut feed, _first, now) = at_four();
         for seq in 5..=7 {
             admit(&mut feed, seq, now);
@@ -714,7 +714,7 @@ mod tests {
         assert_eq!(feed.attach(outbox.clone(), 5), Attach::Live);
         assert_eq!(received(&mut inbox), [6, 7]);
         let (outbox, _inbox) = member();
-        assert_eq!(feed.attach(outbox, 3), Attach::Behind(1));
+        assert!(matches!(feed.attach(outbox, 3), Attach::Behind(_)));
         // A cursor at or past the newest (a store read ran ahead) attaches with nothing queued.
         let (outbox, mut inbox) = member();
         assert_eq!(feed.attach(outbox, 9), Attach::Live);
@@ -731,7 +731,7 @@ mod tests {
         let (mut feed, mut first, now) = at_four();
         admit(&mut feed, 5, now);
         let (outbox, _inbox) = member();
-        assert_eq!(feed.attach(outbox, 0), Attach::Behind(1));
+        assert!(matches!(feed.attach(outbox, 0), Attach::Behind(_)));
         admit(&mut feed, 6, now);
         assert_eq!(
             received(&mut first),

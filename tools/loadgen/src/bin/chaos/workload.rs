@@ -882,6 +882,13 @@ async fn stream(
         }
     };
     ctx.end_segment(&mut seg, &why);
+    // A hop under way is seen through (bounded by its requests' timeouts) unless the run is
+    // over: dropped mid-request, it would leave its session's lock to lapse.
+    if let Some(hop) = hopping.take()
+        && !ctx.stop.is_cancelled()
+    {
+        hop.await;
+    }
     Ok(true)
 }
 
