@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use crate::cluster::Cluster;
 use crate::helpers::*;
-use crate::http_client::Http;
+use crate::http_client::{Http, Sse};
 
 /// The next chat message of a stream (room events pass by), as JSON.
 async fn next_message(stream: &mut crate::http_client::Sse) -> serde_json::Value {
@@ -839,6 +839,20 @@ async fn busy_and_calm(cluster: &Cluster) -> Client {
     nc
 }
 
+/// Busy and calm, and a browser session `web` in calm with its events stream open there (told
+/// it is in calm): the netcat user, the session, the stream and the cookies it set.
+async fn a_stream_in_calm(cluster: &Cluster, http: &Http) -> (Client, String, Sse, Option<String>) {
+    let mut nc = busy_and_calm(cluster).await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    assert_eq!(events.expect("connected").await["room"], "calm");
+    (nc, web, events, cookie)
+}
+
 /// Calm goes on past 35 (c30..c39, seqs 31..=40); then `web`'s session stream resumes with
 /// busy's last id, 35 — which calm also has — and the cookies it was given. It must say `reset`
 /// in calm, then show every one of `kept`.
@@ -897,16 +911,9 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
  {
     let cluster = Cluster::start(1, &[]).await;
     let http = cluster.http(0);
-    let mut nc = busy_and_calm(&cluster).await;
-    let web = http.connect("web").await;
-    http.command(&web, "/join calm").await;
-    nc.expect("[system] web joined calm").await;
     // The stream opens in calm (its cookie says so) and follows the session to busy, where it
     // is told its position: 35.
-    let (mut events, cookie) = http
-        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
-        .await;
-    assert_eq!(events.expect("connected").await["room"], "calm");
+    let (mut nc, web, mut events, cookie) = a_stream_in_calm(&cluster, &http).await;
     http.command(&web, "/join busy").await;
     nc.expect("[system] web left calm").await;
     assert_eq!(events.expect("connected").await["room"], "busy");
@@ -922,14 +929,7 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
 async fn an_events_stream_resumed_after_a_rename_goes_on_where_it_was() {
     let cluster = Cluster::start(1, &[]).await;
     let http = cluster.http(0);
-    let mut nc = busy_and_calm(&cluster).await;
-    let web = http.connect("web").await;
-    http.command(&web, "/join calm").await;
-    nc.expect("[system] web joined calm").await;
-    let (mut events, cookie) = http
-        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
-        .await;
-    events.expect("connected").await;
+    let (mut nc, web, mut events, cookie) = a_stream_in_calm(&cluster, &http).await;
     nc.send("c30").await;
     nc.expect("[calm] nc: c30").await;
     assert_eq!(next_message(&mut events).await["seq"], 31);

@@ -125,12 +125,19 @@ impl Feeds {
                 let Some(cell) = inner.cell(&message.room) else {
                     return;
                 };
-                let (due, fallen, room) = {
+                let (due, fallen) = {
                     let mut feed = cell.feed();
                     let due = feed.admit(Broadcast::message(message), Instant::now());
-                    (due, feed.take_fallen(), feed.room.clone())
+                    let fallen = feed.take_fallen();
+                    // The room is copied only when someone fell behind: not per message.
+                    (
+                        due,
+                        (!fallen.is_empty()).then(|| (feed.room.clone(), fallen)),
+                    )
                 };
-                inner.bring_up(&room, fallen);
+                if let Some((room, fallen)) = fallen {
+                    inner.bring_up(&room, fallen);
+                }
                 if let Some(due) = due {
                     inner.repair(&cell, due);
                 }

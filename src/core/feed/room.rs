@@ -175,12 +175,33 @@ impl RoomFeed {
             _ => None,
         };
         let reset = reset_at.map(|next| (next - 1, Delivery::reset(self.room.name.clone(), next)));
-        let messages = page
+        let mut deliveries: Vec<(i64, Delivery)> = reset
             .into_iter()
-            .take_while(|m| m.seq <= delivered)
-            .map(|m| (m.seq, Delivery::Event(Broadcast::message(m))));
+            .chain(
+                page.into_iter()
+                    .take_while(|m| m.seq <= delivered)
+                    .map(|m| (m.seq, Delivery::Event(Broadcast::message(m)))),
+            )
+            .collect();
+        // Where the page leaves it, if all of it is queued; level too if the ring reaches back
+        // to there, with the ring's rest.
+        let end = deliveries.last().map_or(after, |(seq, _)| *seq);
+        let oldest = self
+            .ring
+            .front()
+            .and_then(|m| m.seq())
+            .unwrap_or(delivered + 1);
+        let level = oldest <= end + 1;
+        if level {
+            deliveries.extend(
+                self.ring
+                    .iter()
+                    .filter(|m| m.seq() > Some(end))
+                    .map(|m| (m.seq().unwrap_or(end), Delivery::Event(m.clone()))),
+            );
+        }
         let mut cursor = after;
-        for (seq, delivery) in reset.into_iter().chain(messages) {
+        for (seq, delivery) in deliveries {
             match self.members[at].outbox.offer(delivery) {
                 Offer::Queued => cursor = seq,
                 Offer::Full => return self.still_behind(at, cursor, turn),
@@ -190,30 +211,8 @@ impl RoomFeed {
                 }
             }
         }
-        let oldest = self
-            .ring
-            .front()
-            .and_then(|m| m.seq())
-            .unwrap_or(delivered + 1);
-        if oldest > cursor + 1 {
+        if !level {
             return self.still_behind(at, cursor, turn);
-        }
-        let rest: Vec<Arc<Broadcast>> = self
-            .ring
-            .iter()
-            .filter(|m| m.seq() > Some(cursor))
-            .cloned()
-            .collect();
-        for message in rest {
-            let seq = message.seq().unwrap_or(cursor);
-            match self.members[at].outbox.offer(Delivery::Event(message)) {
-                Offer::Queued => cursor = seq,
-                Offer::Full => return self.still_behind(at, cursor, turn),
-                Offer::Gone => {
-                    self.members.swap_remove(at);
-                    return CaughtUp::Gone;
-                }
-            }
         }
         self.members[at].behind = None;
         CaughtUp::Level
