@@ -853,17 +853,19 @@ async fn a_stream_in_calm(cluster: &Cluster, http: &Http) -> (Client, String, Ss
     (nc, web, events, cookie)
 }
 
-/// Calm goes on past 35 (c30..c39, seqs 31..=40); then `web`'s session stream resumes with
-/// busy's last id, 35 — which calm also has — and the cookies it was given. It must say `reset`
-/// in calm, then show every one of `kept`.
+/// Calm goes on (`more`: c30..c39, seqs 31..=40, unless the test sent some of them already);
+/// then `web`'s session stream resumes with busy's last id, 35 — which calm also has — and the
+/// cookies it was given. It must say `reset` in calm, then show every one of `kept`.
 async fn resume_in_calm_with_busys_35(
     http: &Http,
     nc: &mut Client,
     web: &str,
     cookie: Option<&str>,
+    more: std::ops::Range<usize>,
     kept: &[&str],
 ) {
-    for i in 30..40 {
+    let last = format!("c{}", more.end - 1);
+    for i in more {
         nc.send(&format!("c{i}")).await;
         nc.expect(&format!("[calm] nc: c{i}")).await;
     }
@@ -873,7 +875,7 @@ async fn resume_in_calm_with_busys_35(
     assert_eq!(resumed.expect("connected").await["room"], "calm");
     resumed.expect("reset").await;
     let mut contents = Vec::new();
-    while contents.last().map(String::as_str) != Some("c39") {
+    while contents.last() != Some(&last) {
         contents.push(
             next_message(&mut resumed).await["content"]
                 .as_str()
@@ -903,7 +905,31 @@ async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_i
     http.command(&web, "/join calm").await;
     nc.expect("[system] web joined calm").await;
     let kept = ["c31", "c32", "c33", "c34", "c35"];
-    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), &kept).await;
+    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), 30..40, &kept).await;
+}
+
+#[tokio::test]
+async fn an_events_stream_resumed_with_another_rooms_id_equal_to_its_join_position_gets_a_reset() {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = busy_and_calm(&cluster).await;
+    let web = http.connect("web").await;
+    http.command(&web, "/join busy").await;
+    let (mut events, cookie) = http
+        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
+        .await;
+    events.expect("connected").await;
+    drop(events);
+    // Calm reaches 35 too, and the session joins it there while its stream is down: busy's
+    // last id is, by chance, the session's join position in calm — a number, not a place.
+    for i in 30..35 {
+        nc.send(&format!("c{i}")).await;
+        nc.expect(&format!("[calm] nc: c{i}")).await;
+    }
+    http.command(&web, "/join calm").await;
+    nc.expect("[system] web joined calm").await;
+    let kept = ["c30", "c34", "c35", "c39"];
+    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), 35..40, &kept).await;
 }
 
 #[tokio::test]
@@ -922,7 +948,7 @@ async fn an_events_stream_that_followed_its_session_away_and_back_resumed_with_t
     http.command(&web, "/join calm").await;
     nc.expect("[system] web joined calm").await;
     let kept = ["c30", "c31", "c32", "c33", "c34"];
-    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), &kept).await;
+    resume_in_calm_with_busys_35(&http, &mut nc, &web, cookie.as_deref(), 30..40, &kept).await;
 }
 
 #[tokio::test]

@@ -233,13 +233,7 @@ impl Chat {
     }
 
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
-        // Unstamped: pods that hold streams of it may each bring back the record they last saw,
-        // and the last write stands; every pod's streams must then follow that one (see
-        // SessionRecord::supersedes), as their next keepalive reads it.
-        let record = &SessionRecord {
-            revision: 0,
-            ..record.clone()
-        };
+        let record = &record.brought_back();
         let holder = Holder::Session(self.limits.session_idle);
         match self
             .presence
@@ -400,6 +394,46 @@ mod tests {
         assert_eq!(
             chat.resume(web.id).await.unwrap().record().unwrap().room,
             record.room
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_resuming_after_its_session_was_brought_back_from_an_older_state_gets_a_reset()
+    {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create b").await;
+        for i in 0..7 {
+            say(&chat, &mut setup, &format!("b{i}")).await;
+        }
+        say(&chat, &mut setup, "/create a").await;
+        for i in 0..5 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        for i in 5..10 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        // A stream opens in a (its client keeps this mark) and follows the session to b, where
+        // it is shown up to seq 7; then Valkey loses the session, and a pod that had not heard
+        // of the move brings it back as it last saw it: in a, joined at 5 as the mark says.
+        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        chat.command(web.id, "/join b").await.unwrap();
+        chat.sessions.delete(web.id).await.unwrap();
+        chat.restore(&in_a).await.unwrap();
+        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        assert_eq!(record.room, in_a.room);
+        let resume = Resume {
+            after: Some(7),
+            epoch: None,
+            mark: Some(in_a.mark()),
+        };
+        let stream = chat.open_session_stream(&record, resume).await.unwrap();
+        let first = stream.inbox.try_recv();
+        assert!(
+            matches!(first, Some(Delivery::Reset(_))),
+            "b's 7 is not a's: {first:?}"
         );
     }
 

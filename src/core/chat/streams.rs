@@ -150,10 +150,9 @@ impl Chat {
         let from = match &record.room {
             Some(room) => {
                 let after = resume.after.unwrap_or(record.seen);
-                // The session's join position is this room's whichever room the client thinks
-                // it is (the `connected` event of the join tells it as its id).
-                let this_room =
-                    after == record.seen || resume.mark.is_none_or(|m| m == record.mark());
+                // Only the mark tells which room a position is of: a seq is a number, and
+                // another room's can equal anything of this one's — its join position too.
+                let this_room = resume.mark.is_none_or(|m| m == record.mark());
                 let same = resume.epoch.is_none_or(|e| e == epoch) && this_room;
                 self.resume_at(room, after, Some(record.seen), same, &outbox)
                     .await?
