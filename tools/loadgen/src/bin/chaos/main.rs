@@ -292,7 +292,7 @@ async fn exercise(
         &check::Store { rows },
         Duration::from_secs(args.presence_ttl),
     );
-    print_report(&anomalies, &stats);
+    print_report(&anomalies, &stats, &records);
     if let Some(out) = &args.out {
         let file =
             std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
@@ -312,6 +312,35 @@ async fn exercise(
         println!("chaos: record written to {}", out.display());
     }
     Ok(anomalies.is_empty())
+}
+
+/// What a CI log needs to tell an anomaly's cause without the JSON record: the records behind
+/// it, and what its client did in the ten seconds before (its joins and segments).
+fn print_evidence(anomaly: &check::Anomaly, records: &[history::Record]) {
+    let compact = |v: &serde_json::Value| {
+        let text = v.to_string();
+        text.chars().take(400).collect::<String>()
+    };
+    for event in &anomaly.events {
+        println!("         {}", compact(event));
+    }
+    let first = anomaly.events.first();
+    let (Some(client), Some(at)) = (
+        first.and_then(|e| e["client"].as_u64()),
+        first.and_then(|e| e["at"].as_u64()),
+    ) else {
+        return;
+    };
+    println!("         client {client} before it:");
+    for record in records
+        .iter()
+        .filter(|r| r.at + 10_000_000 >= at && r.at <= at)
+    {
+        let value = serde_json::to_value(record).unwrap_or_default();
+        if value["client"].as_u64() == Some(client) {
+            println!("           {}", compact(&value));
+        }
+    }
 }
 
 /// Each room, created once through replica 0.
@@ -361,7 +390,7 @@ async fn preload(cluster: &Cluster, rooms: &[String], count: u64) -> anyhow::Res
     Ok(())
 }
 
-fn print_report(anomalies: &[check::Anomaly], stats: &check::Stats) {
+fn print_report(anomalies: &[check::Anomaly], stats: &check::Stats, records: &[history::Record]) {
     println!(
         "chaos: {} messages sent ({} acknowledged, {} failed, {} unknown), {} stored ({} more removed by retention), {} shown in {} segments, {} DMs, {} faults, {} nickname probes",
         stats.sent,
@@ -398,6 +427,7 @@ fn print_report(anomalies: &[check::Anomaly], stats: &check::Stats) {
         println!("{number}. {text}: {verdict}");
         for anomaly in found.iter().take(5) {
             println!("     - {}", anomaly.what);
+            print_evidence(anomaly, records);
         }
         if found.len() > 5 {
             println!("     … and {} more (see the JSON record)", found.len() - 5);
