@@ -2,9 +2,9 @@
 // (/api/events) for everything the session sees. User text is only ever set with textContent.
 //
 // Lossless across reconnects: the page remembers the last seq it showed in its room. A stream is
-// always (re)opened with that seq, the server replays what came after it, and anything at or
-// below it is ignored - so a reconnect, a room change or a server restart shows no gap and no
-// duplicate. Scrolling up loads older messages a page at a time (the history API's `before=`
+// reopened with that seq (or, entering a room it just joined, from the join), the server replays
+// what came after it, and anything at or below it is ignored - so a reconnect, a room change or a
+// server restart shows no gap and no duplicate. Scrolling up loads older messages a page at a time (the history API's `before=`
 // cursor): they all have seqs below the first one shown, so nothing is shown twice at the seam.
 
 const $ = (id) => document.getElementById(id);
@@ -148,9 +148,12 @@ async function refreshMembers() {
 
 // ---- the stream ------------------------------------------------------------------------------
 
-function openStream() {
+// Opens the session's stream: from the session's join of its room, or (`resume`) from the last
+// seq shown.
+function openStream(resume) {
   state.events?.close();
-  const url = `/api/events?sessionId=${encodeURIComponent(state.session)}&last_event_id=${state.lastSeq}`;
+  const from = resume ? `&last_event_id=${state.lastSeq}` : "";
+  const url = `/api/events?sessionId=${encodeURIComponent(state.session)}${from}`;
   const events = new EventSource(url);
   state.events = events;
   events.addEventListener("open", () => setStatus("online", "online"));
@@ -193,10 +196,14 @@ async function recover() {
       return setTimeout(recover, 2000);
     }
   }
-  openStream();
+  openStream(true);
 }
 
-async function enterRoom(room) {
+// Shows `room` from its recent history, then its stream: from the session's join when the page
+// follows a join (the history just loaded reaches at least that far; a position of the history's
+// would be the stream's previous room's as far as the server can tell, and get a reset), or from
+// the history's last seq when the page opens on a session already in the room (`resume`).
+async function enterRoom(room, resume = false) {
   state.room = room;
   state.lastSeq = 0;
   state.firstSeq = null;
@@ -208,7 +215,7 @@ async function enterRoom(room) {
     messages.forEach(showMessage);
     state.atStart = messages.length < PAGE;
   }
-  openStream(); // resumes from the last history seq: nothing between history and live is lost
+  openStream(resume);
   refreshRooms();
   refreshMembers();
 }
@@ -311,7 +318,7 @@ async function start() {
     const { message } = await api("/api/command", { command: "/list" });
     rememberNick(state.nick);
     const inRoom = message.match(/^Users in ([^:]+):/);
-    await enterRoom(inRoom ? inRoom[1] : null);
+    await enterRoom(inRoom ? inRoom[1] : null, true);
   } catch {
     promptNickname();
   }

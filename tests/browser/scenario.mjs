@@ -89,6 +89,15 @@ async function waitForCount(page, count, what) {
     { timeout: TIMEOUT }).catch(() => { throw new Error(`${what}: fewer than ${count} messages shown`); });
 }
 
+// Lines the page shows in its room besides messages (system notices, replies, errors).
+const notices = (page) => page.$$eval("#messages li:not(.message)", (items) => items.map((li) => li.textContent));
+
+// Entering a room by a command of one's own is no "reset": nothing was lost.
+async function assertNoResetNotice(page, what) {
+  const lost = (await notices(page)).filter((text) => text.includes("no longer available"));
+  assert.deepEqual(lost, [], `${what}: the page says messages were lost`);
+}
+
 function assertContiguous(list, what) {
   list.forEach(([seq], i) => assert.equal(seq, list[0][0] + i, `${what}: seq ${seq} at position ${i} (gap or duplicate)`));
 }
@@ -116,6 +125,7 @@ try {
   tux.send("hello from tux");
   for (const page of [ann, ben]) await waitForCount(page, 3, "all three messages");
   await tux.waitFor((l) => l === "[trio] ben: hello from ben", "ben's message over TCP");
+  for (const page of [ann, ben]) await assertNoResetNotice(page, "after joining trio");
   const order = (await shown(ann)).map(([, line]) => line);
   assert.deepEqual((await shown(ben)).map(([, line]) => line), order, "both pages, one order");
   assert.deepEqual(tux.chat().map((l) => l.slice("[trio] ".length)), order, "netcat sees the same order");
@@ -170,6 +180,7 @@ try {
   const firstPage = await shown(ann);
   assert.equal(firstPage.length, 50, "one page on entering");
   assert.equal(firstPage.at(-1)[0], total);
+  await assertNoResetNotice(ann, "after joining archive");
   for (const expected of [100, total]) {
     await ann.$eval("#messages", (list) => { list.scrollTop = 0; list.dispatchEvent(new Event("scroll")); });
     await waitForCount(ann, expected, `scrolled back to ${expected} messages`);

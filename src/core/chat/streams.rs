@@ -150,9 +150,11 @@ impl Chat {
         let from = match &record.room {
             Some(room) => {
                 let after = resume.after.unwrap_or(record.seen);
-                // Only the mark tells which room a position is of: a seq is a number, and
-                // another room's can equal anything of this one's — its join position too.
-                let this_room = resume.mark.is_none_or(|m| m == record.mark());
+                // The session's own join position is this room's. A client's is a number, and
+                // another room's can equal anything of this one's — the join position too: only
+                // the mark tells which room it is of.
+                let this_room =
+                    resume.after.is_none() || resume.mark.is_none_or(|m| m == record.mark());
                 let same = resume.epoch.is_none_or(|e| e == epoch) && this_room;
                 self.resume_at(room, after, Some(record.seen), same, &outbox)
                     .await?
