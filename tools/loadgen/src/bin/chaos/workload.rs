@@ -684,6 +684,11 @@ async fn sse_client(ctx: &Ctx, spec: &Spec) -> anyhow::Result<()> {
     let browser = reqwest::Client::builder().cookie_store(true).build()?;
     while !ctx.stop.is_cancelled() {
         let web = connect_web(ctx, spec, &mut replica).await?;
+        // A new session's stream is a new EventSource: the page resumes it with the last seq it
+        // showed in the room it joins again (home), and with nothing from another room.
+        if events {
+            last_event_id.take_if(|(_, room)| !room.eq_ignore_ascii_case(&home));
+        }
         if events
             && join(ctx, spec, replica, &web, &home)
                 .await
