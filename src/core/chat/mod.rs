@@ -213,11 +213,18 @@ impl Chat {
     /// Re-reads every followed session and moves its streams where it is now. A session the
     /// shared state lost while a stream of it is open here is brought back, nickname first (no
     /// newcomer can take it while live users re-register); one whose name was taken meanwhile
-    /// stays gone, and its streams end at their next keepalive.
+    /// stays gone, and its streams end at their next keepalive. One the shared state holds older
+    /// than its streams here do (Valkey restarted from an append-only file that missed its last
+    /// writes) gets the newer record back.
     async fn refollow(&self, state_lost: bool) {
         for record in self.feeds.held() {
             let id = record.id;
             match self.sessions.load(id).await {
+                Ok(Some(stored))
+                    if stored.record.revision != 0 && stored.record.revision < record.revision =>
+                {
+                    self.bring_forward(&record, stored.version).await;
+                }
                 Ok(Some(stored)) => self.feeds.deliver(Envelope::SessionMoved(stored.record)),
                 Ok(None) if state_lost => {
                     if let Err(e) = self.restore(&record).await {
@@ -228,6 +235,28 @@ impl Chat {
                 Err(e) => {
                     tracing::warn!(error = %e, session = %id, "re-reading a followed session failed")
                 }
+            }
+        }
+    }
+
+    /// Saves again the newer record of a session the shared state went back on, as a new visit
+    /// of its room (see [`SessionRecord::brought_back`]): a stream's mark from the older state
+    /// would match it again, though the stream has since followed the session elsewhere. Saved
+    /// only if nobody saved the session since it was read (a command's save is newer still).
+    async fn bring_forward(&self, record: &SessionRecord, version: u64) {
+        let record = record.brought_back();
+        match self
+            .sessions
+            .save(&record, version, self.limits.session_idle)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(session = %record.id, "the shared state went back on a session; saved its newer record again");
+                self.publish_moved(record);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, session = %record.id, "saving a session's newer record again failed")
             }
         }
     }
@@ -435,6 +464,52 @@ mod tests {
             matches!(first, Some(Delivery::Reset(_))),
             "b's 7 is not a's: {first:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_store_gone_back_in_time_gets_the_newer_record_its_streams_hold() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create b").await;
+        for i in 0..12 {
+            say(&chat, &mut setup, &format!("b{i}")).await;
+        }
+        say(&chat, &mut setup, "/create a").await;
+        for i in 0..10 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        for i in 10..15 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        let stream = chat
+            .open_session_stream(&in_a, Resume::default())
+            .await
+            .unwrap();
+        chat.command(web.id, "/join b").await.unwrap();
+        while !matches!(stream.inbox.recv().await, Some(Delivery::Moved(_))) {}
+        // Valkey comes back from its append-only file without its last second: the session is
+        // in a again, as joined when the stream's client took its mark. Streams here hold b.
+        chat.sessions
+            .create(&in_a, Duration::from_secs(60))
+            .await
+            .unwrap();
+        chat.refollow(false).await;
+        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        let resume = Resume {
+            after: Some(11),
+            epoch: None,
+            mark: Some(in_a.mark()),
+        };
+        let resumed = chat.open_session_stream(&record, resume).await.unwrap();
+        let first = resumed.inbox.try_recv();
+        assert!(
+            matches!(first, Some(Delivery::Reset(_))),
+            "a position kept across the move is not trusted: {first:?}"
+        );
+        assert_eq!(record.room.map(|r| r.name.to_string()), Some("b".into()));
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
