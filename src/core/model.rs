@@ -184,20 +184,6 @@ impl SessionRecord {
         }
     }
 
-    /// The record to store again after the shared state lost it. Unstamped: pods that hold
-    /// streams of it may each bring back the record they last saw, and the last write stands;
-    /// every pod's streams must then follow that one (see [`SessionRecord::supersedes`]), as
-    /// their next keepalive reads it. And a new visit of its room: the state a pod last saw
-    /// may be older than the one lost, and a stream that has followed its session out of that
-    /// state must not find its mark matching again.
-    pub fn brought_back(&self) -> SessionRecord {
-        let mut record = self.clone();
-        record.revise();
-        record.joined = record.revision;
-        record.revision = 0;
-        record
-    }
-
     /// Names the room visit a stream opened now starts in: its room and the revision of the
     /// join. Kept by the client (a cookie) and sent back when it resumes: a stream resumed with
     /// another mark may have followed its session through rooms since, and its last id may be

@@ -213,18 +213,11 @@ impl Chat {
     /// Re-reads every followed session and moves its streams where it is now. A session the
     /// shared state lost while a stream of it is open here is brought back, nickname first (no
     /// newcomer can take it while live users re-register); one whose name was taken meanwhile
-    /// stays gone, and its streams end at their next keepalive. One the shared state holds older
-    /// than its streams here do (Valkey restarted from an append-only file that missed its last
-    /// writes) gets the newer record back.
+    /// stays gone, and its streams end at their next keepalive.
     async fn refollow(&self, state_lost: bool) {
         for record in self.feeds.held() {
             let id = record.id;
             match self.sessions.load(id).await {
-                Ok(Some(stored))
-                    if stored.record.revision != 0 && stored.record.revision < record.revision =>
-                {
-                    self.bring_forward(&record, stored.version).await;
-                }
                 Ok(Some(stored)) => self.feeds.deliver(Envelope::SessionMoved(stored.record)),
                 Ok(None) if state_lost => {
                     if let Err(e) = self.restore(&record).await {
@@ -239,30 +232,14 @@ impl Chat {
         }
     }
 
-    /// Saves again the newer record of a session the shared state went back on, as a new visit
-    /// of its room (see [`SessionRecord::brought_back`]): a stream's mark from the older state
-    /// would match it again, though the stream has since followed the session elsewhere. Saved
-    /// only if nobody saved the session since it was read (a command's save is newer still).
-    async fn bring_forward(&self, record: &SessionRecord, version: u64) {
-        let record = record.brought_back();
-        match self
-            .sessions
-            .save(&record, version, self.limits.session_idle)
-            .await
-        {
-            Ok(true) => {
-                tracing::warn!(session = %record.id, "the shared state went back on a session; saved its newer record again");
-                self.publish_moved(record);
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, session = %record.id, "saving a session's newer record again failed")
-            }
-        }
-    }
-
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
-        let record = &record.brought_back();
+        // Unstamped: pods that hold streams of it may each bring back the record they last saw,
+        // and the last write stands; every pod's streams must then follow that one (see
+        // SessionRecord::supersedes), as their next keepalive reads it.
+        let record = &SessionRecord {
+            revision: 0,
+            ..record.clone()
+        };
         let holder = Holder::Session(self.limits.session_idle);
         match self
             .presence
@@ -424,92 +401,6 @@ mod tests {
             chat.resume(web.id).await.unwrap().record().unwrap().room,
             record.room
         );
-    }
-
-    #[tokio::test]
-    async fn a_stream_resuming_after_its_session_was_brought_back_from_an_older_state_gets_a_reset()
-    {
-        let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create b").await;
-        for i in 0..7 {
-            say(&chat, &mut setup, &format!("b{i}")).await;
-        }
-        say(&chat, &mut setup, "/create a").await;
-        for i in 0..5 {
-            say(&chat, &mut setup, &format!("a{i}")).await;
-        }
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
-        for i in 5..10 {
-            say(&chat, &mut setup, &format!("a{i}")).await;
-        }
-        // A stream opens in a (its client keeps this mark) and follows the session to b, where
-        // it is shown up to seq 7; then Valkey loses the session, and a pod that had not heard
-        // of the move brings it back as it last saw it: in a, joined at 5 as the mark says.
-        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
-        chat.command(web.id, "/join b").await.unwrap();
-        chat.sessions.delete(web.id).await.unwrap();
-        chat.restore(&in_a).await.unwrap();
-        let record = chat.resume(web.id).await.unwrap().record().unwrap();
-        assert_eq!(record.room, in_a.room);
-        let resume = Resume {
-            after: Some(7),
-            epoch: None,
-            mark: Some(in_a.mark()),
-        };
-        let stream = chat.open_session_stream(&record, resume).await.unwrap();
-        let first = stream.inbox.try_recv();
-        assert!(
-            matches!(first, Some(Delivery::Reset(_))),
-            "b's 7 is not a's: {first:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_session_store_gone_back_in_time_gets_the_newer_record_its_streams_hold() {
-        let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create b").await;
-        for i in 0..12 {
-            say(&chat, &mut setup, &format!("b{i}")).await;
-        }
-        say(&chat, &mut setup, "/create a").await;
-        for i in 0..10 {
-            say(&chat, &mut setup, &format!("a{i}")).await;
-        }
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
-        for i in 10..15 {
-            say(&chat, &mut setup, &format!("a{i}")).await;
-        }
-        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
-        let stream = chat
-            .open_session_stream(&in_a, Resume::default())
-            .await
-            .unwrap();
-        chat.command(web.id, "/join b").await.unwrap();
-        while !matches!(stream.inbox.recv().await, Some(Delivery::Moved(_))) {}
-        // Valkey comes back from its append-only file without its last second: the session is
-        // in a again, as joined when the stream's client took its mark. Streams here hold b.
-        chat.sessions
-            .create(&in_a, Duration::from_secs(60))
-            .await
-            .unwrap();
-        chat.refollow(false).await;
-        let record = chat.resume(web.id).await.unwrap().record().unwrap();
-        let resume = Resume {
-            after: Some(11),
-            epoch: None,
-            mark: Some(in_a.mark()),
-        };
-        let resumed = chat.open_session_stream(&record, resume).await.unwrap();
-        let first = resumed.inbox.try_recv();
-        assert!(
-            matches!(first, Some(Delivery::Reset(_))),
-            "a position kept across the move is not trusted: {first:?}"
-        );
-        assert_eq!(record.room.map(|r| r.name.to_string()), Some("b".into()));
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {

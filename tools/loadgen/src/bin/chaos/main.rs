@@ -324,11 +324,10 @@ fn print_evidence(anomaly: &check::Anomaly, records: &[history::Record]) {
     for event in &anomaly.events {
         println!("         {}", compact(event));
     }
-    let first = anomaly.events.first();
-    let (Some(client), Some(at)) = (
-        first.and_then(|e| e["client"].as_u64()),
-        first.and_then(|e| e["at"].as_u64()),
-    ) else {
+    // The client is named by a segment's start (a shown message names only its segment).
+    let client = anomaly.events.iter().find_map(|e| e["client"].as_u64());
+    let at = anomaly.events.iter().filter_map(|e| e["at"].as_u64()).max();
+    let (Some(client), Some(at)) = (client, at) else {
         return;
     };
     println!("         client {client} before it:");
