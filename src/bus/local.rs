@@ -182,6 +182,20 @@ impl Sessions for LocalBus {
         Ok(())
     }
 
+    async fn restore(&self, record: &SessionRecord, ttl: Duration) -> Result<bool, BusError> {
+        let mut state = self.state();
+        let version = match state.sessions.get(&record.id) {
+            Some((stored, _, _)) if stored.revision >= record.revision => return Ok(false),
+            Some((_, version, _)) => version + 1,
+            None => 1,
+        };
+        let expires = Instant::now() + ttl;
+        state
+            .sessions
+            .insert(record.id, (record.clone(), version, expires));
+        Ok(true)
+    }
+
     async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError> {
         let state = self.state();
         Ok(state

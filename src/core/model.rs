@@ -194,8 +194,8 @@ impl SessionRecord {
     }
 
     /// Whether this record should replace one of revision `held`, seen before: a newer
-    /// revision, or an unstamped one (from a pod of an older release, or brought back after the
-    /// shared state was lost: taken as newer, as before stamps).
+    /// revision, or an unstamped one (from a pod of an older release: taken as newer, as before
+    /// stamps).
     pub fn supersedes(&self, held: u64) -> bool {
         self.revision == 0 || self.revision > held
     }

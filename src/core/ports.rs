@@ -239,6 +239,11 @@ pub trait Sessions: Send + Sync + 'static {
     /// Stores a new session; it expires `ttl` from now unless used again.
     async fn create(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError>;
 
+    /// Stores a session the store lost or went back on, unless it holds one at least as new
+    /// (by [`SessionRecord::revision`]): pods that each bring back the record their streams
+    /// last followed leave the newest of them, whatever order they write in. True if stored.
+    async fn restore(&self, record: &SessionRecord, ttl: Duration) -> Result<bool, BusError>;
+
     /// A live session; `None` when unknown or expired.
     async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError>;
 

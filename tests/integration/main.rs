@@ -13,6 +13,7 @@ mod operability;
 mod postgres;
 mod presence;
 mod services;
+mod sessions;
 mod tcp_commands;
 mod tcp_limits;
 mod tcp_process;

@@ -24,13 +24,19 @@ const SESSION_EXPIRY: &str = "sessions:expiry";
 const SESSION_PRESENCE: &str = "presence:sessions";
 
 /// Writes session `KEYS[1]` if its version is `ARGV[2]` (any, when `ARGV[2]` is empty: a new
-/// session), schedules its expiry, renews its claim and presence entry. 1 saved, 0 conflict.
+/// session) and — when `ARGV[10]` is set (a restore) — it holds no record of a revision at least
+/// `ARGV[11]`'s; schedules its expiry, renews its claim and presence entry. 1 saved, 0 conflict.
 /// ARGV: record, version, expires ms, key ttl ms, id, claim value, claim ttl ms, nick field,
-/// presence entry. KEYS: session, expiry set, claim, session presence.
+/// presence entry, restore, the record's revision. KEYS: session, expiry set, claim, session
+/// presence. (A record written by a release before revisions has none: it counts as 0.)
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         "local v = redis.call('HGET', KEYS[1], 'v')
          if ARGV[2] ~= '' and (not v or tonumber(v) ~= tonumber(ARGV[2])) then return 0 end
+         if ARGV[10] ~= '' and v then
+           local held = cjson.decode(redis.call('HGET', KEYS[1], 'r') or '{}').revision or 0
+           if held >= tonumber(ARGV[11]) then return 0 end
+         end
          local next = (v and tonumber(v) or 0) + 1
          redis.call('HSET', KEYS[1], 'r', ARGV[1], 'v', tostring(next), 'e', ARGV[3],
                     'c', KEYS[3], 'cv', ARGV[6], 'f', ARGV[8], 'p', ARGV[9])
@@ -113,13 +119,32 @@ fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// What a write of a session may replace.
+enum Replacing {
+    /// Whatever is there (a new session).
+    Anything,
+    /// Only the stored version it was loaded at (a compare-and-set save).
+    Version(u64),
+    /// Only nothing, or a record of an older revision (a restore).
+    Older,
+}
+
 impl ValkeyBus {
     async fn write_session(
         &self,
         record: &SessionRecord,
-        version: Option<u64>,
+        replacing: Replacing,
         ttl: Duration,
     ) -> Result<bool, BusError> {
+        let version = match replacing {
+            Replacing::Version(v) => v.to_string(),
+            Replacing::Anything | Replacing::Older => String::new(),
+        };
+        let restore = if matches!(replacing, Replacing::Older) {
+            "1"
+        } else {
+            ""
+        };
         let expires = now_ms() + ttl.as_millis() as i64;
         let presence = serde_json::json!({ "nick": record.nick, "room": record.room.as_ref().map(|r| &r.name) });
         let saved: i64 = SAVE
@@ -133,7 +158,7 @@ impl ValkeyBus {
                 ],
                 vec![
                     serde_json::to_string(record).expect("serializable"),
-                    version.map(|v| v.to_string()).unwrap_or_default(),
+                    version,
                     expires.to_string(),
                     (ttl + SESSION_GRACE).as_millis().to_string(),
                     record.id.to_string(),
@@ -141,6 +166,8 @@ impl ValkeyBus {
                     (ttl + SESSION_GRACE).as_millis().to_string(),
                     record.nick.key(),
                     presence.to_string(),
+                    restore.to_owned(),
+                    record.revision.to_string(),
                 ],
             )
             .await
@@ -152,7 +179,13 @@ impl ValkeyBus {
 #[async_trait]
 impl Sessions for ValkeyBus {
     async fn create(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
-        self.write_session(record, None, ttl).await.map(drop)
+        self.write_session(record, Replacing::Anything, ttl)
+            .await
+            .map(drop)
+    }
+
+    async fn restore(&self, record: &SessionRecord, ttl: Duration) -> Result<bool, BusError> {
+        self.write_session(record, Replacing::Older, ttl).await
     }
 
     async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError> {
@@ -178,7 +211,8 @@ impl Sessions for ValkeyBus {
         version: u64,
         ttl: Duration,
     ) -> Result<bool, BusError> {
-        self.write_session(record, Some(version), ttl).await
+        self.write_session(record, Replacing::Version(version), ttl)
+            .await
     }
 
     async fn touch(&self, id: SessionId, ttl: Duration) -> Result<Option<SessionRecord>, BusError> {

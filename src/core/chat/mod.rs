@@ -213,11 +213,23 @@ impl Chat {
     /// Re-reads every followed session and moves its streams where it is now. A session the
     /// shared state lost while a stream of it is open here is brought back, nickname first (no
     /// newcomer can take it while live users re-register); one whose name was taken meanwhile
-    /// stays gone, and its streams end at their next keepalive.
+    /// stays gone, and its streams end at their next keepalive. One the shared state holds older
+    /// than a stream here followed (Valkey restarted from an append-only file that missed its
+    /// last writes) is brought back the same way: a stream's cookie from the older state would
+    /// match it again, though the stream has since followed the session elsewhere.
     async fn refollow(&self, state_lost: bool) {
         for record in self.feeds.held() {
             let id = record.id;
             match self.sessions.load(id).await {
+                // Revisions only grow, whatever the pods' clocks: an older one stored means
+                // writes were lost. (0: unstamped, from a pod of an older release.)
+                Ok(Some(stored))
+                    if stored.record.revision != 0 && stored.record.revision < record.revision =>
+                {
+                    if let Err(e) = self.restore(&record).await {
+                        tracing::warn!(error = %e, session = %id, "a session the shared state went back on could not be brought forward");
+                    }
+                }
                 Ok(Some(stored)) => self.feeds.deliver(Envelope::SessionMoved(stored.record)),
                 Ok(None) if state_lost => {
                     if let Err(e) = self.restore(&record).await {
@@ -232,14 +244,12 @@ impl Chat {
         }
     }
 
+    /// Brings back the record a stream here last followed, as it was: pods that hold streams of
+    /// the session may each bring back a different one, and the newest stands (one that missed
+    /// a move must not undo it — a stream that followed the move, resumed with the cookie it
+    /// opened with before it, would have its other room's position trusted). Its revision and
+    /// join stay, so a stream that followed it resumes where it was.
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
-        // Unstamped: pods that hold streams of it may each bring back the record they last saw,
-        // and the last write stands; every pod's streams must then follow that one (see
-        // SessionRecord::supersedes), as their next keepalive reads it.
-        let record = &SessionRecord {
-            revision: 0,
-            ..record.clone()
-        };
         let holder = Holder::Session(self.limits.session_idle);
         match self
             .presence
@@ -251,9 +261,24 @@ impl Chat {
                 return Err(Error::NicknameInUse(record.nick.to_string()));
             }
         }
-        self.sessions
-            .create(record, self.limits.session_idle)
-            .await?;
+        if !self
+            .sessions
+            .restore(record, self.limits.session_idle)
+            .await?
+        {
+            // Another pod brought back a newer state; a name this one gave up is not held.
+            let stored = self.sessions.load(record.id).await?;
+            if stored
+                .as_ref()
+                .is_none_or(|s| s.record.nick.key() != record.nick.key())
+            {
+                self.presence.release(&record.nick, record.id).await;
+            }
+            if let Some(stored) = stored {
+                self.feeds.deliver(Envelope::SessionMoved(stored.record));
+            }
+            return Ok(());
+        }
         let room = record.room.as_ref().map(|r| &r.name);
         self.presence
             .set_room(&record.nick, record.id, room, holder)
@@ -328,6 +353,9 @@ mod tests {
         async fn create(&self, record: &SessionRecord, ttl: Duration) -> Result<(), BusError> {
             self.inner.create(record, ttl).await
         }
+        async fn restore(&self, record: &SessionRecord, ttl: Duration) -> Result<bool, BusError> {
+            self.inner.restore(record, ttl).await
+        }
         async fn load(&self, id: SessionId) -> Result<Option<Stored>, BusError> {
             self.inner.load(id).await
         }
@@ -401,6 +429,72 @@ mod tests {
             chat.resume(web.id).await.unwrap().record().unwrap().room,
             record.room
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_store_gone_back_in_time_gets_the_newer_record_its_streams_hold() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create b").await;
+        for i in 0..12 {
+            say(&chat, &mut setup, &format!("b{i}")).await;
+        }
+        say(&chat, &mut setup, "/create a").await;
+        for i in 0..10 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        for i in 10..15 {
+            say(&chat, &mut setup, &format!("a{i}")).await;
+        }
+        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        let stream = chat
+            .open_session_stream(&in_a, Resume::default())
+            .await
+            .unwrap();
+        chat.command(web.id, "/join b").await.unwrap();
+        while !matches!(stream.inbox.recv().await, Some(Delivery::Moved(_))) {}
+        // Valkey comes back from its append-only file without its last second: the session is
+        // in a again, as joined when the stream's client took its mark. Streams here hold b.
+        chat.sessions
+            .create(&in_a, Duration::from_secs(60))
+            .await
+            .unwrap();
+        chat.refollow(false).await;
+        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        let resume = Resume {
+            after: Some(11),
+            epoch: None,
+            mark: Some(in_a.mark()),
+        };
+        let resumed = chat.open_session_stream(&record, resume).await.unwrap();
+        let first = resumed.inbox.try_recv();
+        assert!(
+            matches!(first, Some(Delivery::Reset(_))),
+            "a position kept across the move is not trusted: {first:?}"
+        );
+        assert_eq!(record.room.map(|r| r.name.to_string()), Some("b".into()));
+    }
+
+    #[tokio::test]
+    async fn pods_bringing_back_a_lost_session_leave_the_newest_state_whatever_their_order() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        say(&chat, &mut setup, "/create b").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        chat.command(web.id, "/join b").await.unwrap();
+        let in_b = chat.resume(web.id).await.unwrap().record().unwrap();
+        // Valkey loses it; the pod whose stream followed the move brings it back first, then
+        // one whose stream missed it (cut off from Valkey then) brings back what it saw.
+        chat.sessions.delete(web.id).await.unwrap();
+        chat.restore(&in_b).await.unwrap();
+        chat.restore(&in_a).await.unwrap();
+        let stored = chat.resume(web.id).await.unwrap().record().unwrap();
+        assert_eq!(stored, in_b);
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
