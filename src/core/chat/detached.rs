@@ -17,9 +17,9 @@ use crate::core::session::Session;
 use std::time::Duration;
 
 /// How long a request waits for another request of its session to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long a lock lasts if its holder never releases it (it died mid-request).
-const LOCK_LEASE: Duration = Duration::from_secs(15);
+pub(super) const LOCK_LEASE: Duration = Duration::from_secs(15);
 
 /// Client message ids are scoped to their session: the same id from two sessions is two messages.
 const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a55_0a3e_4d7b_9c2e_5b7d_1e0f_a4c3);

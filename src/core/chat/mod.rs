@@ -35,6 +35,7 @@ use super::names::sanitize;
 use super::ports::{Bus, Circuit, Claim, Holder, Inbound, Presence, Sessions, Store};
 use super::session::Session;
 use crate::telemetry::metric;
+use detached::{LOCK_LEASE, LOCK_WAIT};
 pub use streams::{EventStream, Resume};
 
 /// The per-session limits of SPEC §3 and §4.
@@ -248,8 +249,19 @@ impl Chat {
     /// the session may each bring back a different one, and the newest stands (one that missed
     /// a move must not undo it — a stream that followed the move, resumed with the cookie it
     /// opened with before it, would have its other room's position trusted). Its revision and
-    /// join stay, so a stream that followed it resumes where it was.
+    /// join stay, so a stream that followed it resumes where it was. Under the session's lock,
+    /// as a command: the names claimed must be those of the record that stands.
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
+        let Some(lock) = self.sessions.lock(record.id, LOCK_WAIT, LOCK_LEASE).await? else {
+            // A command of the session is running: what it saves is newer still.
+            return Ok(());
+        };
+        let result = self.restore_locked(record).await;
+        self.sessions.unlock(lock).await;
+        result
+    }
+
+    async fn restore_locked(&self, record: &SessionRecord) -> Result<(), Error> {
         let holder = Holder::Session(self.limits.session_idle);
         match self
             .presence
@@ -261,29 +273,39 @@ impl Chat {
                 return Err(Error::NicknameInUse(record.nick.to_string()));
             }
         }
-        if !self
+        let replaced = self.sessions.load(record.id).await?;
+        let standing = if self
             .sessions
             .restore(record, self.limits.session_idle)
             .await?
         {
-            // Another pod brought back a newer state; a name this one gave up is not held.
-            let stored = self.sessions.load(record.id).await?;
-            if stored
-                .as_ref()
-                .is_none_or(|s| s.record.nick.key() != record.nick.key())
-            {
-                self.presence.release(&record.nick, record.id).await;
+            let room = record.room.as_ref().map(|r| &r.name);
+            self.presence
+                .set_room(&record.nick, record.id, room, holder)
+                .await;
+            self.publish_moved(record.clone());
+            tracing::info!(session = %record.id, nick = %record.nick, "brought back a session the shared state lost or went back on");
+            (replaced.map(|r| r.record), Some(record.clone()))
+        } else {
+            // Another pod brought back a newer state.
+            let stored = self.sessions.load(record.id).await?.map(|s| s.record);
+            if let Some(stored) = &stored {
+                self.feeds.deliver(Envelope::SessionMoved(stored.clone()));
             }
-            if let Some(stored) = stored {
-                self.feeds.deliver(Envelope::SessionMoved(stored.record));
+            (Some(record.clone()), stored)
+        };
+        // The name of the record that did not stand is given up, unless the standing one goes
+        // by it too — then the claim is made to say the standing one's spelling, the one its
+        // saves renew.
+        match standing {
+            (Some(gone), Some(kept)) if gone.nick.key() == kept.nick.key() => {
+                if gone.nick != kept.nick {
+                    self.presence.reclaim(&kept.nick, kept.id, holder).await?;
+                }
             }
-            return Ok(());
+            (Some(gone), _) => self.presence.release(&gone.nick, gone.id).await,
+            (None, _) => {}
         }
-        let room = record.room.as_ref().map(|r| &r.name);
-        self.presence
-            .set_room(&record.nick, record.id, room, holder)
-            .await;
-        tracing::info!(session = %record.id, nick = %record.nick, "brought back a session lost with the shared state");
         Ok(())
     }
 }
@@ -495,6 +517,46 @@ mod tests {
         chat.restore(&in_a).await.unwrap();
         let stored = chat.resume(web.id).await.unwrap().record().unwrap();
         assert_eq!(stored, in_b);
+    }
+
+    #[tokio::test]
+    async fn a_rename_brought_forward_frees_the_name_the_older_record_had() {
+        let chat = chat();
+        let (mut setup, _) = live(&chat, "setup").await;
+        say(&chat, &mut setup, "/create a").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        let as_web = chat.resume(web.id).await.unwrap().record().unwrap();
+        let _stream = chat
+            .open_session_stream(&as_web, Resume::default())
+            .await
+            .unwrap();
+        // The stream here follows the rename (delivered to this pod's feeds as it is saved).
+        chat.command(web.id, "/nick webby").await.unwrap();
+        // Valkey comes back without the rename, its old claim of `web` with it.
+        chat.sessions
+            .create(&as_web, Duration::from_secs(60))
+            .await
+            .unwrap();
+        chat.presence
+            .reclaim(
+                &as_web.nick,
+                web.id,
+                Holder::Session(Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        chat.refollow(false).await;
+        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        assert_eq!(record.nick.to_string(), "webby");
+        assert!(
+            chat.connect("web").await.is_ok(),
+            "the name given up is free again"
+        );
+        assert!(
+            chat.connect("webby").await.is_err(),
+            "the name kept is held"
+        );
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
