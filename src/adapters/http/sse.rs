@@ -323,8 +323,9 @@ impl Drop for Writer {
 }
 
 /// `event: connected` with the stream's room, and as its `id` the position there (the last seq
-/// counted as shown), so that a client reconnecting with it resumes exactly there — also after
-/// its session moved to another room. No room: an empty id, which clears the client's.
+/// counted as shown), so that a client reconnecting with it resumes exactly there — unless the
+/// stream had followed its session there from the room it opened in, which its cookie names
+/// (then `reset`). No room: an empty id, which clears the client's.
 fn connected(position: &Position) -> Bytes {
     let room = position.room.as_ref().map(|r| r.to_string());
     let id = room.as_ref().map(|_| position.seen);

@@ -193,7 +193,8 @@ impl Chat {
 
     /// Hands what other pods publish to this pod's feeds, until the bus ends or `shutdown`. After
     /// a possible loss, repairs: every carried room's tail is probed, and every followed
-    /// session's record is read again — and brought back if the shared state was lost with it.
+    /// session's record is read again — and brought back if the shared state lost it, or holds
+    /// it older than a stream here followed.
     pub async fn run_inbound(
         self: Arc<Self>,
         mut inbound: mpsc::Receiver<Inbound>,
@@ -253,7 +254,9 @@ impl Chat {
     /// as a command: the names claimed must be those of the record that stands.
     async fn restore(&self, record: &SessionRecord) -> Result<(), Error> {
         let Some(lock) = self.sessions.lock(record.id, LOCK_WAIT, LOCK_LEASE).await? else {
-            // A command of the session is running: what it saves is newer still.
+            // A command of the session, or one that died holding the lock, for longer than a
+            // command may run: the session's next read of the shared state settles it.
+            tracing::warn!(session = %record.id, "a session's lock stayed taken; not brought back now");
             return Ok(());
         };
         let result = self.restore_locked(record).await;
@@ -273,38 +276,44 @@ impl Chat {
                 return Err(Error::NicknameInUse(record.nick.to_string()));
             }
         }
-        let replaced = self.sessions.load(record.id).await?;
-        let standing = if self
+        let replaced = self.sessions.load(record.id).await?.map(|s| s.record);
+        let restored = self
             .sessions
             .restore(record, self.limits.session_idle)
-            .await?
-        {
-            let room = record.room.as_ref().map(|r| &r.name);
-            self.presence
-                .set_room(&record.nick, record.id, room, holder)
-                .await;
-            self.publish_moved(record.clone());
+            .await?;
+        // The record that stands, and the one that does not: this one over what it replaced,
+        // or — another pod brought back a newer state — the other way round.
+        let (gone, kept) = if restored {
             tracing::info!(session = %record.id, nick = %record.nick, "brought back a session the shared state lost or went back on");
-            (replaced.map(|r| r.record), Some(record.clone()))
+            (replaced, Some(record.clone()))
         } else {
-            // Another pod brought back a newer state.
             let stored = self.sessions.load(record.id).await?.map(|s| s.record);
-            if let Some(stored) = &stored {
-                self.feeds.deliver(Envelope::SessionMoved(stored.clone()));
-            }
             (Some(record.clone()), stored)
         };
-        // The name of the record that did not stand is given up, unless the standing one goes
-        // by it too — then the claim is made to say the standing one's spelling, the one its
-        // saves renew.
-        match standing {
+        // The name of the record that does not stand is given up, unless the standing one goes
+        // by it too; then the claim must say the standing one's spelling, the one its saves
+        // renew (this pod's reclaim wrote its own).
+        match (&gone, &kept) {
             (Some(gone), Some(kept)) if gone.nick.key() == kept.nick.key() => {
-                if gone.nick != kept.nick {
+                if !restored && gone.nick != kept.nick {
                     self.presence.reclaim(&kept.nick, kept.id, holder).await?;
                 }
             }
             (Some(gone), _) => self.presence.release(&gone.nick, gone.id).await,
             (None, _) => {}
+        }
+        let Some(kept) = kept else {
+            return Ok(());
+        };
+        // After the claims: a reclaim writes the session's presence without its room.
+        let room = kept.room.as_ref().map(|r| &r.name);
+        self.presence
+            .set_room(&kept.nick, kept.id, room, holder)
+            .await;
+        if restored {
+            self.publish_moved(kept);
+        } else {
+            self.feeds.deliver(Envelope::SessionMoved(kept));
         }
         Ok(())
     }
@@ -325,7 +334,7 @@ mod tests {
     use super::*;
     use crate::bus::local::LocalBus;
     use crate::core::model::{Delivery, Event};
-    use crate::core::names::Nickname;
+    use crate::core::names::{Nickname, RoomName};
     use crate::core::outbox::Inbox;
     use crate::core::ports::{BusError, SessionLock, Stored};
     use crate::core::session::Transport;
@@ -508,15 +517,25 @@ mod tests {
         let web = chat.connect("web").await.unwrap();
         chat.command(web.id, "/join a").await.unwrap();
         let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        chat.command(web.id, "/nick webby").await.unwrap();
         chat.command(web.id, "/join b").await.unwrap();
         let in_b = chat.resume(web.id).await.unwrap().record().unwrap();
-        // Valkey loses it; the pod whose stream followed the move brings it back first, then
-        // one whose stream missed it (cut off from Valkey then) brings back what it saw.
+        // Valkey loses it; the pod whose stream followed the moves brings it back first, then
+        // one whose stream missed them (cut off from Valkey then) brings back what it saw.
         chat.sessions.delete(web.id).await.unwrap();
         chat.restore(&in_b).await.unwrap();
         chat.restore(&in_a).await.unwrap();
         let stored = chat.resume(web.id).await.unwrap().record().unwrap();
         assert_eq!(stored, in_b);
+        // Its name and room are the newer record's, and the older name is free.
+        let b = RoomName::parse("b").unwrap();
+        let members = chat.presence.room_members(&b).await.unwrap();
+        assert!(members.iter().any(|n| n.as_str() == "webby"), "{members:?}");
+        assert!(
+            chat.connect("webby").await.is_err(),
+            "the name kept is held"
+        );
+        assert!(chat.connect("web").await.is_ok(), "the older name is free");
     }
 
     #[tokio::test]

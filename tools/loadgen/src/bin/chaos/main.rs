@@ -336,7 +336,8 @@ fn print_evidence(anomaly: &check::Anomaly, records: &[history::Record]) {
         .filter(|r| r.at + 10_000_000 >= at && r.at <= at)
     {
         let value = serde_json::to_value(record).unwrap_or_default();
-        if value["client"].as_u64() == Some(client) {
+        let kind = value["type"].as_str().unwrap_or_default();
+        if value["client"].as_u64() == Some(client) && matches!(kind, "joined" | "segment") {
             println!("           {}", compact(&value));
         }
     }
