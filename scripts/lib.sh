@@ -76,12 +76,14 @@ stop_servers() {
 }
 
 # start_replicas N BASE-PORT: N servers (the store and bus the environment names, rate limits
-# off), their TCP addresses in `endpoints`.
+# off), their TCP addresses in `endpoints`. BENCH_SERVER_WORKERS=W gives each W Tokio workers
+# (default: one per core the process may use; under the chart's CPU limit of 1, one).
 start_replicas() {
-  local list=() i tcp
+  local list=() i tcp workers=()
+  [ -n "${BENCH_SERVER_WORKERS:-}" ] && workers=(TOKIO_WORKER_THREADS="$BENCH_SERVER_WORKERS")
   for i in $(seq 0 $(($1 - 1))); do
     tcp=$(($2 + 2 * i))
-    env INSTANCE_ID="bench-$i" RATE_LIMIT_PER_SEC=1000000 RATE_LIMIT_BURST=1000000 \
+    env "${workers[@]}" INSTANCE_ID="bench-$i" RATE_LIMIT_PER_SEC=1000000 RATE_LIMIT_BURST=1000000 \
       CONNECT_RATE_PER_SEC=100000 BIND_ADDRESS=127.0.0.1 TCP_PORT=$tcp HTTP_PORT=$((tcp + 1)) \
       LOG_LEVEL=warn ./target/release/baby-discord 2>>"$SERVICES_DIR/servers.log" &
     pids+=($!)
