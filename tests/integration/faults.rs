@@ -889,18 +889,24 @@ async fn resume_in_calm_with_busys_35(
     );
 }
 
-#[tokio::test]
-async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_in_gets_a_reset() {
-    let cluster = Cluster::start(1, &[]).await;
-    let http = cluster.http(0);
-    let mut nc = busy_and_calm(&cluster).await;
+/// A browser session `web` in busy whose events stream opened there and is down again: the
+/// session and the cookies the stream set.
+async fn a_session_whose_stream_opened_in_busy(http: &Http) -> (String, Option<String>) {
     let web = http.connect("web").await;
     http.command(&web, "/join busy").await;
     let (mut events, cookie) = http
         .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
         .await;
     events.expect("connected").await;
-    drop(events);
+    (web, cookie)
+}
+
+#[tokio::test]
+async fn an_events_stream_resumed_with_a_plausible_id_from_the_room_it_started_in_gets_a_reset() {
+    let cluster = Cluster::start(1, &[]).await;
+    let http = cluster.http(0);
+    let mut nc = busy_and_calm(&cluster).await;
+    let (web, cookie) = a_session_whose_stream_opened_in_busy(&http).await;
     // The session moves while its stream is down.
     http.command(&web, "/join calm").await;
     nc.expect("[system] web joined calm").await;
@@ -913,13 +919,7 @@ async fn an_events_stream_resumed_with_another_rooms_id_equal_to_its_join_positi
     let cluster = Cluster::start(1, &[]).await;
     let http = cluster.http(0);
     let mut nc = busy_and_calm(&cluster).await;
-    let web = http.connect("web").await;
-    http.command(&web, "/join busy").await;
-    let (mut events, cookie) = http
-        .stream_with_cookie(&format!("/api/events?sessionId={web}"), None, None)
-        .await;
-    events.expect("connected").await;
-    drop(events);
+    let (web, cookie) = a_session_whose_stream_opened_in_busy(&http).await;
     // Calm reaches 35 too, and the session joins it there while its stream is down: busy's
     // last id is, by chance, the session's join position in calm — a number, not a place.
     for i in 30..35 {

@@ -436,12 +436,8 @@ mod tests {
             let _ = flaky.set(sessions.clone());
             sessions
         });
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create a").await;
-        say(&chat, &mut setup, "/create b").await;
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
-        let record = chat.resume(web.id).await.unwrap().record().unwrap();
+        let (_setup, record) = web_in_a(&chat).await;
+        let web = &record;
         let stream = chat
             .open_session_stream(&record, Resume::default())
             .await
@@ -511,12 +507,8 @@ mod tests {
     #[tokio::test]
     async fn pods_bringing_back_a_lost_session_leave_the_newest_state_whatever_their_order() {
         let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create a").await;
-        say(&chat, &mut setup, "/create b").await;
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
-        let in_a = chat.resume(web.id).await.unwrap().record().unwrap();
+        let (_setup, in_a) = web_in_a(&chat).await;
+        let web = &in_a;
         chat.command(web.id, "/nick webby").await.unwrap();
         chat.command(web.id, "/join b").await.unwrap();
         let in_b = chat.resume(web.id).await.unwrap().record().unwrap();
@@ -541,11 +533,8 @@ mod tests {
     #[tokio::test]
     async fn a_rename_brought_forward_frees_the_name_the_older_record_had() {
         let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create a").await;
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
-        let as_web = chat.resume(web.id).await.unwrap().record().unwrap();
+        let (_setup, as_web) = web_in_a(&chat).await;
+        let web = &as_web;
         let _stream = chat
             .open_session_stream(&as_web, Resume::default())
             .await
@@ -576,6 +565,17 @@ mod tests {
             chat.connect("webby").await.is_err(),
             "the name kept is held"
         );
+    }
+
+    /// Rooms `a` and `b`, made by a netcat user `setup` (returned, to speak in them), and a
+    /// browser session `web` in `a` (its record as it joined).
+    async fn web_in_a(chat: &Chat) -> (Session, SessionRecord) {
+        let (mut setup, _) = live(chat, "setup").await;
+        say(chat, &mut setup, "/create a").await;
+        say(chat, &mut setup, "/create b").await;
+        let web = chat.connect("web").await.unwrap();
+        chat.command(web.id, "/join a").await.unwrap();
+        (setup, chat.resume(web.id).await.unwrap().record().unwrap())
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
@@ -708,11 +708,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_client_message_id_returns_the_original_even_after_a_move() {
         let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create a").await;
-        say(&chat, &mut setup, "/create b").await;
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
+        let (_setup, web) = web_in_a(&chat).await;
         let first = chat.post(web.id, "once", Some("k")).await.unwrap();
         chat.command(web.id, "/join b").await.unwrap();
         let again = chat.post(web.id, "once", Some("k")).await.unwrap();
@@ -724,10 +720,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_client_message_id_returns_the_original_after_the_session_left_its_room() {
         let chat = chat();
-        let (mut setup, _) = live(&chat, "setup").await;
-        say(&chat, &mut setup, "/create a").await;
-        let web = chat.connect("web").await.unwrap();
-        chat.command(web.id, "/join a").await.unwrap();
+        let (_setup, web) = web_in_a(&chat).await;
         let first = chat.post(web.id, "once", Some("k")).await.unwrap();
         chat.command(web.id, "/leave").await.unwrap();
         let again = chat.post(web.id, "once", Some("k")).await.unwrap();
