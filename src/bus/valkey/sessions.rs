@@ -136,14 +136,10 @@ impl ValkeyBus {
         replacing: Replacing,
         ttl: Duration,
     ) -> Result<bool, BusError> {
-        let version = match replacing {
-            Replacing::Version(v) => v.to_string(),
-            Replacing::Anything | Replacing::Older => String::new(),
-        };
-        let restore = if matches!(replacing, Replacing::Older) {
-            "1"
-        } else {
-            ""
+        let (version, restore) = match replacing {
+            Replacing::Anything => (String::new(), ""),
+            Replacing::Version(v) => (v.to_string(), ""),
+            Replacing::Older => (String::new(), "1"),
         };
         let expires = now_ms() + ttl.as_millis() as i64;
         let presence = serde_json::json!({ "nick": record.nick, "room": record.room.as_ref().map(|r| &r.name) });
