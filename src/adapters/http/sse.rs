@@ -27,10 +27,10 @@ use super::api::RoomPath;
 use super::auth::Credentials;
 use super::error::{ApiError, ApiPath, Failure, Unavailable};
 use super::listener::StreamEnd;
+use crate::adapters::Delivered;
 use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
 use crate::core::names::RoomName;
 use crate::core::{Chat, Error, EventStream, Resume, Show};
-use crate::telemetry::metric;
 
 /// A comment line every this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -210,6 +210,7 @@ struct Writer {
     keepalive: tokio::time::Interval,
     /// What the stream shows: its room and the last seq of it shown.
     view: crate::core::session::View,
+    delivered: Delivered,
     ready: VecDeque<Bytes>,
     deliveries: Vec<Delivery>,
     finished: bool,
@@ -235,6 +236,7 @@ impl Writer {
             shutdown,
             keepalive,
             view,
+            delivered: Delivered::new("sse"),
             ready,
             deliveries: Vec::new(),
             finished: false,
@@ -288,14 +290,11 @@ impl Writer {
 
     fn take_deliveries(&mut self) {
         let now = OffsetDateTime::now_utc();
-        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
-        let mut delivered = 0;
         for delivery in std::mem::take(&mut self.deliveries) {
             match self.view.admit(&delivery) {
                 Some(Show::Event(event)) => {
                     if let Event::Message(m) = &event.event {
-                        latency.record((now - m.created_at).as_seconds_f64().max(0.0));
-                        delivered += 1;
+                        self.delivered.message(m.created_at, now);
                     }
                     self.ready.push_back(event.sse_frame(render).clone());
                 }
@@ -312,7 +311,6 @@ impl Writer {
                 None => {}
             }
         }
-        metrics::counter!(metric::DELIVERIES, "transport" => "sse").increment(delivered);
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Settings;
 use super::lines::{Line, LineReader, LineTooLong};
+use crate::adapters::Delivered;
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Event};
 use crate::core::outbox::{Inbox, TooSlow};
 use crate::core::{Chat, Error, Reply, Session, Show, Transport};
@@ -43,7 +44,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 const KICKED: &str =
     "[system] Disconnected: this server lost contact with the presence service; please reconnect\n";
 /// Told to a user whose room skipped messages the store no longer has.
-const SKIPPED: &str = "[system] Some messages of this room are no longer available";
+const SKIPPED: &[u8] = b"[system] Some messages of this room are no longer available\n";
 
 /// Why the connection ends.
 enum End {
@@ -58,6 +59,7 @@ enum End {
 
 struct Connection {
     stream: TcpStream,
+    delivered: Delivered,
     read_buf: BytesMut,
     lines: LineReader,
     shutdown: CancellationToken,
@@ -78,6 +80,7 @@ pub async fn serve(
     let (mut session, inbox) = chat.open(Transport::Tcp);
     let mut conn = Connection {
         stream,
+        delivered: Delivered::new("tcp"),
         read_buf: BytesMut::new(),
         lines: LineReader::new(settings.max_line_bytes),
         shutdown,
@@ -285,44 +288,44 @@ impl Connection {
     }
 
     /// Writes a batch of queued events in one call, skipping those the session no longer wants.
+    /// A batch of one line — most of them, at low rates — is written as it is, not copied.
     async fn write_events(
         &mut self,
         session: &mut Session,
         events: &mut Vec<Delivery>,
     ) -> Result<(), End> {
-        let mut out = Vec::new();
-        let mut accepted_at = Vec::new();
+        let now = OffsetDateTime::now_utc();
+        let mut only = None;
+        let mut out = BytesMut::new();
         for delivery in events.drain(..) {
-            match session.admit(&delivery) {
+            let line = match session.admit(&delivery) {
                 Some(Show::Event(event)) => {
                     if let Event::Message(m) = &event.event {
-                        accepted_at.push(m.created_at);
+                        self.delivered.message(m.created_at, now);
                     }
-                    out.extend_from_slice(event.line());
+                    event.line().clone()
                 }
-                Some(Show::Reset { .. }) => {
-                    out.extend_from_slice(SKIPPED.as_bytes());
-                    out.push(b'\n');
-                }
+                Some(Show::Reset { .. }) => Bytes::from_static(SKIPPED),
                 // A TCP session is never moved by anyone else.
-                Some(Show::Moved(_)) | None => {}
+                Some(Show::Moved(_)) | None => continue,
+            };
+            if out.is_empty() && only.is_none() {
+                only = Some(line);
+                continue;
             }
+            if let Some(first) = only.take() {
+                out.extend_from_slice(&first);
+            }
+            out.extend_from_slice(&line);
         }
         if events.capacity() > IDLE_BATCH_CAPACITY {
             *events = Vec::new();
         }
-        if out.is_empty() {
-            return Ok(());
+        let bytes = only.unwrap_or_else(|| out.freeze());
+        match bytes.is_empty() {
+            true => Ok(()),
+            false => self.write(&bytes).await,
         }
-        self.write(&out).await?;
-        let now = OffsetDateTime::now_utc();
-        metrics::counter!(metric::DELIVERIES, "transport" => "tcp")
-            .increment(accepted_at.len() as u64);
-        let latency = metrics::histogram!(metric::DELIVERY_LATENCY);
-        for accepted in accepted_at {
-            latency.record((now - accepted).as_seconds_f64().max(0.0));
-        }
-        Ok(())
     }
 
     /// Writes bytes: at once if the socket's buffer takes them all (even once the connection is
