@@ -33,6 +33,9 @@ pub struct Config {
     pub rate_limit_per_sec: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
     pub send_queue_lines: usize,
+    /// After a netcat connection is written messages, how long what follows is gathered into
+    /// one write (0: each as soon as it comes). Spends latency on a busy connection for CPU.
+    pub write_coalesce_ms: u64,
     pub max_connections: usize,
     pub connect_rate_per_sec: NonZeroU32,
     pub nick_timeout_secs: u64,
@@ -83,6 +86,7 @@ impl Default for Config {
             rate_limit_per_sec: NonZeroU32::new(20).expect("non-zero"),
             rate_limit_burst: NonZeroU32::new(40).expect("non-zero"),
             send_queue_lines: 1024,
+            write_coalesce_ms: 0,
             max_connections: 10_000,
             connect_rate_per_sec: NonZeroU32::new(1000).expect("non-zero"),
             nick_timeout_secs: 60,
@@ -111,6 +115,9 @@ impl Default for Config {
     }
 }
 
+/// The longest WRITE_COALESCE_MS: past a few tens of milliseconds a user sees the wait.
+const MAX_WRITE_COALESCE_MS: u64 = 1000;
+
 /// The environment variables read, besides `CONFIG_FILE`; each maps to the field of that name.
 const ENV_KEYS: &[&str] = &[
     "BIND_ADDRESS",
@@ -125,6 +132,7 @@ const ENV_KEYS: &[&str] = &[
     "RATE_LIMIT_PER_SEC",
     "RATE_LIMIT_BURST",
     "SEND_QUEUE_LINES",
+    "WRITE_COALESCE_MS",
     "MAX_CONNECTIONS",
     "CONNECT_RATE_PER_SEC",
     "NICK_TIMEOUT_SECS",
@@ -238,6 +246,11 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{name}: must be at least 1")));
         }
+        if self.write_coalesce_ms > MAX_WRITE_COALESCE_MS {
+            return Err(ConfigError(format!(
+                "WRITE_COALESCE_MS: must be at most {MAX_WRITE_COALESCE_MS}"
+            )));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError(format!("LOG_LEVEL: {e}")));
         }
@@ -282,6 +295,10 @@ impl Config {
             help.push_str(&format!("  {key:<28} {default}\n"));
         }
         help
+    }
+
+    pub fn write_coalesce(&self) -> Duration {
+        Duration::from_millis(self.write_coalesce_ms)
     }
 
     pub fn nick_timeout(&self) -> Duration {
@@ -372,6 +389,13 @@ mod tests {
                 );
                 jail.set_env(setting, "1");
             }
+            // Gathering a netcat user's messages for seconds would read as a stall.
+            jail.set_env("WRITE_COALESCE_MS", "1001");
+            assert_eq!(
+                Config::load().unwrap_err().to_string(),
+                "invalid configuration: WRITE_COALESCE_MS: must be at most 1000"
+            );
+            jail.set_env("WRITE_COALESCE_MS", "10");
             jail.set_env("LOG_LEVEL", "info,baby_discord=loud");
             let error = Config::load().unwrap_err().to_string();
             assert!(

@@ -132,6 +132,53 @@ async fn two_hundred_quick_messages_arrive_in_order_at_another_member() {
 }
 
 #[tokio::test]
+async fn gathered_writes_bring_every_message_in_order() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_burst = per_sec(500);
+        c.write_coalesce_ms = 20;
+    })
+    .await;
+    let mut sender = app.login("sender").await;
+    let mut reader = app.login("reader").await;
+    sender.create("r").await;
+    reader.join("r").await;
+    let burst: String = (0..200).map(|i| format!("n{i}\n")).collect();
+    sender.send_raw(burst.as_bytes()).await;
+    for i in 0..200 {
+        reader.expect(&format!("[r] sender: n{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn what_was_gathered_is_written_before_the_answer_to_a_command() {
+    // Long enough that only the command can end the gathering while the test runs.
+    let app = spawn_app_with(|c| c.write_coalesce_ms = 1000).await;
+    let mut sender = app.login("sender").await;
+    let mut reader = app.login("reader").await;
+    sender.create("r").await;
+    sender.create("s").await;
+    reader.join("r").await;
+    sender.join("r").await;
+    reader.expect("[system] sender joined r").await;
+    sender.send("m1").await;
+    reader.expect("[r] sender: m1").await;
+    // m2 and m3 are gathered for the reader. A command answers after its sender's messages
+    // before it are stored and handed to every member: once /list is answered, they are.
+    sender.send("m2").await;
+    sender.send("m3").await;
+    sender.send("/list").await;
+    sender.expect("[r] sender: m1").await;
+    sender.expect("[r] sender: m2").await;
+    sender.expect("[r] sender: m3").await;
+    sender.expect("Users in r: reader, sender").await;
+    // Joining another room, the reader is shown what reached it in r first, not never.
+    reader.send("/join s").await;
+    reader.expect("[r] sender: m2").await;
+    reader.expect("[r] sender: m3").await;
+    reader.expect("Joined room: s").await;
+}
+
+#[tokio::test]
 async fn a_reader_that_falls_behind_is_dropped_without_stalling_the_room() {
     let app = spawn_app_with(|c| {
         c.rate_limit_per_sec = per_sec(100_000);

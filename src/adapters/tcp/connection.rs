@@ -4,6 +4,7 @@
 //! A single task does all of it, so an idle connection costs one small task and no buffers: the
 //! read buffer is allocated only while bytes are waiting to be decoded.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
@@ -60,6 +62,7 @@ enum End {
 struct Connection {
     stream: TcpStream,
     delivered: Delivered,
+    write_coalesce: Duration,
     read_buf: BytesMut,
     lines: LineReader,
     shutdown: CancellationToken,
@@ -81,6 +84,7 @@ pub async fn serve(
     let mut conn = Connection {
         stream,
         delivered: Delivered::new("tcp"),
+        write_coalesce: settings.write_coalesce,
         read_buf: BytesMut::new(),
         lines: LineReader::new(settings.max_line_bytes),
         shutdown,
@@ -160,6 +164,9 @@ impl Connection {
         let shutdown = self.shutdown.clone().cancelled_owned();
         let kicked = session.kicked.clone().cancelled_owned();
         tokio::pin!(shutdown, kicked);
+        // Set while what arrives is gathered for one write (WRITE_COALESCE_MS); boxed, so that an
+        // idle connection does not carry a timer.
+        let mut gathering: Option<Pin<Box<Sleep>>> = None;
         loop {
             let step = tokio::select! {
                 // Events first: a busy room must not be starved by a client that keeps typing.
@@ -171,18 +178,37 @@ impl Connection {
                     Err(End::Shutdown)
                 }
                 _ = &mut kicked => Err(End::Kicked),
-                received = inbox.recv_many(&mut events, WRITE_BATCH) => match received {
+                received = inbox.recv_many(&mut events, WRITE_BATCH), if gathering.is_none() => match received {
                     // The queue ended: the client was found too slow (the session's own outbox
                     // keeps it from ending otherwise).
                     0 => Err(End::TooSlow),
-                    _ => Box::pin(self.write_events(session, &mut events)).await,
+                    _ => {
+                        // What comes next is gathered, then written in one go; until then a
+                        // delivery costs a place in the queue, not a wake-up and a write.
+                        if !self.write_coalesce.is_zero() {
+                            gathering = Some(Box::pin(tokio::time::sleep(self.write_coalesce)));
+                        }
+                        Box::pin(self.write_events(session, &mut events)).await
+                    }
                 },
+                () = async { gathering.as_mut().expect("guarded").await }, if gathering.is_some() => {
+                    gathering = None;
+                    Ok(())
+                }
                 Some(acked) = in_flight.next() => match acked {
                     Ok(_) => Ok(()),
-                    Err(e) => Box::pin(self.write_error(session, &e)).await,
+                    Err(e) => Box::pin(async {
+                        self.write_gathered(&mut gathering, session, &mut inbox).await?;
+                        self.write_error(session, &e).await
+                    }).await,
                 },
                 line = self.read_line(), if in_flight.len() < MAX_IN_FLIGHT => match line {
-                    Ok(line) => Box::pin(self.handle(chat, session, line, &mut in_flight, &mut inbox)).await,
+                    Ok(line) => Box::pin(async {
+                        // What was gathered comes before any answer: a command may move the
+                        // session out of the room it was sent from.
+                        self.write_gathered(&mut gathering, session, &mut inbox).await?;
+                        self.handle(chat, session, line, &mut in_flight, &mut inbox).await
+                    }).await,
                     Err(end) => Err(end),
                 },
             };
@@ -207,11 +233,7 @@ impl Connection {
                     self.write_error(session, &e).await?;
                 }
             }
-            let mut events = Vec::new();
-            while let Some(event) = inbox.try_recv() {
-                events.push(event);
-            }
-            self.write_events(session, &mut events).await
+            self.write_waiting(session, inbox).await
         })
         .await;
         if settled.is_err() {
@@ -275,6 +297,28 @@ impl Connection {
             }
             Err(e) => self.write_error(session, &e).await,
         }
+    }
+
+    /// Ends a gathering, if one is on, writing what it gathered.
+    async fn write_gathered(
+        &mut self,
+        gathering: &mut Option<Pin<Box<Sleep>>>,
+        session: &mut Session,
+        inbox: &mut Inbox,
+    ) -> Result<(), End> {
+        match gathering.take() {
+            Some(_) => self.write_waiting(session, inbox).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes every delivery waiting in the queue now.
+    async fn write_waiting(&mut self, session: &mut Session, inbox: &mut Inbox) -> Result<(), End> {
+        let mut events = Vec::new();
+        while let Some(event) = inbox.try_recv() {
+            events.push(event);
+        }
+        self.write_events(session, &mut events).await
     }
 
     async fn write_error(&mut self, session: &Session, error: &Error) -> Result<(), End> {

@@ -25,6 +25,8 @@ use crate::core::{Chat, Error};
 pub struct Settings {
     pub max_line_bytes: usize,
     pub nick_timeout: Duration,
+    /// See [`Config::write_coalesce_ms`].
+    pub write_coalesce: Duration,
 }
 
 pub struct TcpServer {
@@ -43,6 +45,7 @@ impl TcpServer {
             settings: Arc::new(Settings {
                 max_line_bytes: config.max_line_bytes,
                 nick_timeout: config.nick_timeout(),
+                write_coalesce: config.write_coalesce(),
             }),
             slots,
             keepalive: config.tcp_keepalive(),
