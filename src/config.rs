@@ -115,8 +115,9 @@ impl Default for Config {
     }
 }
 
-/// The longest WRITE_COALESCE_MS: past a few tens of milliseconds a user sees the wait.
-const MAX_WRITE_COALESCE_MS: u64 = 1000;
+/// The longest WRITE_COALESCE_MS: past a few tens of milliseconds a user sees the wait, and a
+/// queue must hold all a room sends meanwhile (SEND_QUEUE_LINES in 100 ms: 10,240 msg/s).
+const MAX_WRITE_COALESCE_MS: u64 = 100;
 
 /// The environment variables read, besides `CONFIG_FILE`; each maps to the field of that name.
 const ENV_KEYS: &[&str] = &[
@@ -390,10 +391,10 @@ mod tests {
                 jail.set_env(setting, "1");
             }
             // Gathering a netcat user's messages for seconds would read as a stall.
-            jail.set_env("WRITE_COALESCE_MS", "1001");
+            jail.set_env("WRITE_COALESCE_MS", "101");
             assert_eq!(
                 Config::load().unwrap_err().to_string(),
-                "invalid configuration: WRITE_COALESCE_MS: must be at most 1000"
+                "invalid configuration: WRITE_COALESCE_MS: must be at most 100"
             );
             jail.set_env("WRITE_COALESCE_MS", "10");
             jail.set_env("LOG_LEVEL", "info,baby_discord=loud");

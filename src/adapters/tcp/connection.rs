@@ -62,7 +62,7 @@ enum End {
 struct Connection {
     stream: TcpStream,
     delivered: Delivered,
-    write_coalesce: Duration,
+    settings: Arc<Settings>,
     read_buf: BytesMut,
     lines: LineReader,
     shutdown: CancellationToken,
@@ -84,7 +84,7 @@ pub async fn serve(
     let mut conn = Connection {
         stream,
         delivered: Delivered::new("tcp"),
-        write_coalesce: settings.write_coalesce,
+        settings: settings.clone(),
         read_buf: BytesMut::new(),
         lines: LineReader::new(settings.max_line_bytes),
         shutdown,
@@ -177,24 +177,23 @@ impl Connection {
                     Box::pin(self.settle(session, &mut in_flight, &mut inbox)).await;
                     Err(End::Shutdown)
                 }
-                _ = &mut kicked => Err(End::Kicked),
+                _ = &mut kicked => Box::pin(async {
+                    self.write_gathered(&mut gathering, session, &mut inbox).await?;
+                    Err(End::Kicked)
+                }).await,
                 received = inbox.recv_many(&mut events, WRITE_BATCH), if gathering.is_none() => match received {
                     // The queue ended: the client was found too slow (the session's own outbox
                     // keeps it from ending otherwise).
                     0 => Err(End::TooSlow),
-                    _ => {
-                        // What comes next is gathered, then written in one go; until then a
-                        // delivery costs a place in the queue, not a wake-up and a write.
-                        if !self.write_coalesce.is_zero() {
-                            gathering = Some(Box::pin(tokio::time::sleep(self.write_coalesce)));
-                        }
-                        Box::pin(self.write_events(session, &mut events)).await
-                    }
+                    _ => Box::pin(self.write_and_gather(session, &mut events, &mut gathering)).await,
                 },
-                () = async { gathering.as_mut().expect("guarded").await }, if gathering.is_some() => {
+                () = async { gathering.as_mut().expect("guarded").await }, if gathering.is_some() => Box::pin(async {
+                    // All that was gathered goes in one write, and what comes next is gathered
+                    // again; a connection that was sent nothing meanwhile stops gathering.
                     gathering = None;
-                    Ok(())
-                }
+                    self.take_waiting(&inbox, &mut events)?;
+                    self.write_and_gather(session, &mut events, &mut gathering).await
+                }).await,
                 Some(acked) = in_flight.next() => match acked {
                     Ok(_) => Ok(()),
                     Err(e) => Box::pin(async {
@@ -299,6 +298,21 @@ impl Connection {
         }
     }
 
+    /// Writes `events` and, with WRITE_COALESCE_MS, starts gathering what comes next: until it
+    /// is written in one go, a delivery costs a place in the queue, not a wake-up and a write.
+    async fn write_and_gather(
+        &mut self,
+        session: &mut Session,
+        events: &mut Vec<Delivery>,
+        gathering: &mut Option<Pin<Box<Sleep>>>,
+    ) -> Result<(), End> {
+        let coalesce = self.settings.write_coalesce;
+        if !events.is_empty() && !coalesce.is_zero() {
+            *gathering = Some(Box::pin(tokio::time::sleep(coalesce)));
+        }
+        self.write_events(session, events).await
+    }
+
     /// Ends a gathering, if one is on, writing what it gathered.
     async fn write_gathered(
         &mut self,
@@ -315,10 +329,20 @@ impl Connection {
     /// Writes every delivery waiting in the queue now.
     async fn write_waiting(&mut self, session: &mut Session, inbox: &mut Inbox) -> Result<(), End> {
         let mut events = Vec::new();
+        self.take_waiting(inbox, &mut events)?;
+        self.write_events(session, &mut events).await
+    }
+
+    /// Moves every delivery waiting into `events` — unless the client was found too slow (the
+    /// queue then ends, as [`Inbox::recv_many`] says; while gathering, nothing else looks).
+    fn take_waiting(&self, inbox: &Inbox, events: &mut Vec<Delivery>) -> Result<(), End> {
+        if self.too_slow.is_set() {
+            return Err(End::TooSlow);
+        }
         while let Some(event) = inbox.try_recv() {
             events.push(event);
         }
-        self.write_events(session, &mut events).await
+        Ok(())
     }
 
     async fn write_error(&mut self, session: &Session, error: &Error) -> Result<(), End> {
@@ -338,14 +362,14 @@ impl Connection {
         session: &mut Session,
         events: &mut Vec<Delivery>,
     ) -> Result<(), End> {
-        let now = OffsetDateTime::now_utc();
         let mut only = None;
         let mut out = BytesMut::new();
+        let mut accepted_at = Vec::new();
         for delivery in events.drain(..) {
             let line = match session.admit(&delivery) {
                 Some(Show::Event(event)) => {
                     if let Event::Message(m) = &event.event {
-                        self.delivered.message(m.created_at, now);
+                        accepted_at.push(m.created_at);
                     }
                     event.line().clone()
                 }
@@ -366,10 +390,15 @@ impl Connection {
             *events = Vec::new();
         }
         let bytes = only.unwrap_or_else(|| out.freeze());
-        match bytes.is_empty() {
-            true => Ok(()),
-            false => self.write(&bytes).await,
+        if bytes.is_empty() {
+            return Ok(());
         }
+        self.write(&bytes).await?;
+        let now = OffsetDateTime::now_utc();
+        for accepted in accepted_at {
+            self.delivered.message(accepted, now);
+        }
+        Ok(())
     }
 
     /// Writes bytes: at once if the socket's buffer takes them all (even once the connection is
