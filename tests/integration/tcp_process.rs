@@ -35,6 +35,42 @@ async fn sigterm_tells_every_client_to_reconnect_and_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn a_drain_writes_what_was_gathered_before_telling_clients_to_reconnect() {
+    // The longest gathering: the signal comes well within it (on a machine so slow that the
+    // gathering ends first, this passes untested).
+    let (server, addr) = start_server(&[("WRITE_COALESCE_MS", "100")]).await;
+    let mut sender = Client::login(addr, "sender").await;
+    let mut reader = Client::login(addr, "reader").await;
+    sender.create("r").await;
+    reader.join("r").await;
+    sender.expect("[system] reader joined r").await;
+    sender.send("m1").await;
+    reader.expect("[r] sender: m1").await;
+    // m2 is gathered for the reader; once /list is answered, it was handed to every member.
+    sender.send("m2").await;
+    sender.send("/list").await;
+    sender
+        .expect_lines(&[
+            "[r] sender: m1",
+            "[r] sender: m2",
+            "Users in r: reader, sender",
+        ])
+        .await;
+    signal(&server, "-TERM");
+    let mut before_notice = Vec::new();
+    loop {
+        match reader.line().await {
+            notice if notice == "[system] Server restarting, please reconnect" => break,
+            line => before_notice.push(line),
+        }
+    }
+    assert_eq!(
+        before_notice.first().map(String::as_str),
+        Some("[r] sender: m2")
+    );
+}
+
+#[tokio::test]
 async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     for (setting, value) in [
         ("MAX_CONNECTIONS", "lots"),

@@ -67,7 +67,8 @@ struct Connection {
     lines: LineReader,
     shutdown: CancellationToken,
     too_slow: TooSlow,
-    /// Set while a drain settles what the client sent: writes go on despite the shutdown.
+    /// Set once the connection is ending (a drain settling what the client sent, or a kick): a
+    /// write then goes on despite the shutdown, for NOTICE_TIMEOUT at most.
     draining: bool,
 }
 
@@ -174,10 +175,11 @@ impl Connection {
                 _ = &mut shutdown => {
                     // Every message the client sent is answered — echoed or refused — before the
                     // drain notice: an acknowledgement in flight is not dropped.
-                    Box::pin(self.settle(session, &mut in_flight, &mut inbox)).await;
+                    Box::pin(self.settle(session, &mut in_flight, &mut inbox, &mut gathering)).await;
                     Err(End::Shutdown)
                 }
                 _ = &mut kicked => Box::pin(async {
+                    self.draining = true;
                     self.write_gathered(&mut gathering, session, &mut inbox).await?;
                     Err(End::Kicked)
                 }).await,
@@ -218,15 +220,17 @@ impl Connection {
     }
 
     /// Waits (bounded) for the client's messages still being stored, writing their echoes and
-    /// errors as they come.
+    /// errors as they come — after what was gathered.
     async fn settle(
         &mut self,
         session: &mut Session,
         in_flight: &mut FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>>,
         inbox: &mut Inbox,
+        gathering: &mut Option<Pin<Box<Sleep>>>,
     ) {
         self.draining = true;
         let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+            self.write_gathered(gathering, session, inbox).await?;
             while let Some(acked) = in_flight.next().await {
                 if let Err(e) = acked {
                     self.write_error(session, &e).await?;
