@@ -119,23 +119,20 @@ async fn a_flooding_client_is_rate_limited_while_another_is_served() {
 
 #[tokio::test]
 async fn two_hundred_quick_messages_arrive_in_order_at_another_member() {
-    let app = spawn_app_with(|c| c.rate_limit_burst = per_sec(500)).await;
-    let mut sender = app.login("sender").await;
-    let mut reader = app.login("reader").await;
-    sender.create("r").await;
-    reader.join("r").await;
-    let burst: String = (0..200).map(|i| format!("n{i}\n")).collect();
-    sender.send_raw(burst.as_bytes()).await;
-    for i in 0..200 {
-        reader.expect(&format!("[r] sender: n{i}")).await;
-    }
+    two_hundred_quick_messages_arrive_in_order(0).await;
 }
 
 #[tokio::test]
 async fn gathered_writes_bring_every_message_in_order() {
+    two_hundred_quick_messages_arrive_in_order(20).await;
+}
+
+/// A burst sent in one write reaches another member whole and in order, with each message
+/// written as it comes (`write_coalesce_ms` 0) or gathered.
+async fn two_hundred_quick_messages_arrive_in_order(write_coalesce_ms: u64) {
     let app = spawn_app_with(|c| {
         c.rate_limit_burst = per_sec(500);
-        c.write_coalesce_ms = 20;
+        c.write_coalesce_ms = write_coalesce_ms;
     })
     .await;
     let mut sender = app.login("sender").await;
