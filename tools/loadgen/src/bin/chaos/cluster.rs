@@ -29,6 +29,8 @@ pub struct Settings {
     pub replicas: usize,
     pub presence_ttl_secs: u64,
     pub fsync: bool,
+    /// Settings every replica gets besides the cluster's own (`--server-env`).
+    pub server_env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -76,7 +78,11 @@ impl Cluster {
             ];
             replicas.push(Mutex::new(Replica {
                 server: settings.server.clone(),
-                env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                env: env
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .chain(settings.server_env.iter().cloned())
+                    .collect(),
                 tcp,
                 log: dir.join(format!("replica-{index}.log")),
                 child: None,

@@ -70,9 +70,19 @@ struct Args {
     /// The server binary (default: `baby-discord` beside this one).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// A setting for every replica, as `NAME=value` (repeatable), e.g. `WRITE_COALESCE_MS=10`.
+    #[arg(long = "server-env", value_parser = parse_setting)]
+    server_env: Vec<(String, String)>,
     /// Where to write the JSON record (schedule, anomalies, statistics, every event).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+fn parse_setting(setting: &str) -> Result<(String, String), String> {
+    let (name, value) = setting
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=value, got {setting:?}"))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 #[tokio::main]
@@ -140,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         replicas: args.replicas,
         presence_ttl_secs: args.presence_ttl,
         fsync: !args.no_fsync,
+        server_env: args.server_env.clone(),
     })
     .await
     .context("starting the cluster")?;
