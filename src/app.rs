@@ -257,6 +257,7 @@ impl App {
             started,
             instance: config.instance_id.as_str().into(),
             session_idle_secs: config.session_idle_timeout_secs as i64,
+            write_coalesce: config.write_coalesce(),
             slots,
             openapi: Arc::new(http::openapi::document(config.max_message_chars)),
             checked,

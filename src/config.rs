@@ -33,8 +33,9 @@ pub struct Config {
     pub rate_limit_per_sec: NonZeroU32,
     pub rate_limit_burst: NonZeroU32,
     pub send_queue_lines: usize,
-    /// After a netcat connection is written messages, how long what follows is gathered into
-    /// one write (0: each as soon as it comes). Spends latency on a busy connection for CPU.
+    /// After a netcat connection or event stream is written messages, how long what follows is
+    /// gathered into one write (0: each as soon as it comes). Spends latency on a busy
+    /// connection for CPU.
     pub write_coalesce_ms: u64,
     pub max_connections: usize,
     pub connect_rate_per_sec: NonZeroU32,

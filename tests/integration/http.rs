@@ -633,6 +633,67 @@ async fn graceful_shutdown_ends_open_streams_with_a_notice_within_the_grace_time
 }
 
 #[tokio::test]
+async fn a_gathering_stream_brings_a_burst_whole_and_in_order() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit_burst = NonZeroU32::new(500).unwrap();
+        c.write_coalesce_ms = 20;
+    })
+    .await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("r").await;
+    let web = http.connect("web").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/r?sessionId={web}"), None)
+        .await;
+    stream.expect("connected").await;
+    let burst: String = (0..200).map(|i| format!("n{i}\n")).collect();
+    nc.send_raw(burst.as_bytes()).await;
+    for i in 0..200 {
+        let event = stream.next().await;
+        assert_eq!(event.id, (i + 1).to_string());
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&event.data).unwrap()["content"],
+            format!("n{i}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_drain_writes_what_a_stream_gathered_before_the_notice() {
+    // The longest gathering: the drain comes well within it (on a machine so slow that the
+    // gathering ends first, this passes untested).
+    let app = spawn_app_with(|c| {
+        c.write_coalesce_ms = 100;
+        c.shutdown_grace_secs = 5;
+    })
+    .await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("r").await;
+    let web = http.connect("web").await;
+    let mut stream = http
+        .stream(&format!("/api/messages/r?sessionId={web}"), None)
+        .await;
+    stream.expect("connected").await;
+    nc.send("m1").await;
+    assert_eq!(stream.expect("message").await["content"], "m1");
+    // m2 is gathered for the stream; once /list is answered, it was handed to every member.
+    nc.send("m2").await;
+    nc.send("/list").await;
+    nc.expect_lines(&["[r] nc: m1", "[r] nc: m2", "Users in r: nc"])
+        .await;
+    app.begin_shutdown();
+    assert_eq!(stream.expect("message").await["content"], "m2");
+    // Room events of the drain (nc's connection closing) may come between.
+    loop {
+        if stream.expect("system").await["text"] == "Server restarting, please reconnect" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_exactly_the_api_routes() {
     let app = spawn_app().await;
     let http = Http::new(app.http);

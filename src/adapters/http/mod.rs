@@ -50,6 +50,8 @@ pub struct AppState {
     pub started: Instant,
     pub instance: Arc<str>,
     pub session_idle_secs: i64,
+    /// WRITE_COALESCE_MS: after a stream is written messages, how long what follows is gathered.
+    pub write_coalesce: Duration,
     /// MAX_CONNECTIONS, shared with the TCP adapter: each open stream holds a slot.
     pub slots: Slots,
     /// The API description, made once at start ([`openapi::document`]).

@@ -6,6 +6,7 @@
 //! or when its queue overflows because the client reads too slowly.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
@@ -175,12 +177,7 @@ fn respond(stream: EventStream, slot: OwnedSemaphorePermit, state: &AppState) ->
         too_slow: stream.inbox.too_slow.clone(),
     };
     // Boxed once: the stream's state holds it beside each pending chunk, and moves only a pointer.
-    let writer = Box::new(Writer::new(
-        stream,
-        slot,
-        state.chat.clone(),
-        state.shutdown.clone(),
-    ));
+    let writer = Box::new(Writer::new(stream, slot, state));
     let body = Body::from_stream(futures::stream::unfold(writer, |mut w| async move {
         w.next_chunk()
             .await
@@ -213,18 +210,18 @@ struct Writer {
     delivered: Delivered,
     ready: VecDeque<Bytes>,
     deliveries: Vec<Delivery>,
+    /// WRITE_COALESCE_MS.
+    coalesce: Duration,
+    /// Set while what arrives is gathered into one chunk; boxed, so that an idle stream does not
+    /// carry a timer.
+    gathering: Option<Pin<Box<Sleep>>>,
     finished: bool,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Writer {
-    fn new(
-        stream: EventStream,
-        slot: OwnedSemaphorePermit,
-        chat: Arc<Chat>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        chat.count_connection("sse", true);
+    fn new(stream: EventStream, slot: OwnedSemaphorePermit, state: &AppState) -> Self {
+        state.chat.count_connection("sse", true);
         let mut ready = VecDeque::new();
         ready.push_back(connected(&stream.start));
         let view = crate::core::session::View::new(stream.start.room.clone(), stream.start.seen);
@@ -232,20 +229,24 @@ impl Writer {
         keepalive.reset();
         Writer {
             stream,
-            chat,
-            shutdown,
+            chat: state.chat.clone(),
+            shutdown: state.shutdown.clone(),
             keepalive,
             view,
             delivered: Delivered::new("sse"),
             ready,
             deliveries: Vec::new(),
+            coalesce: state.write_coalesce,
+            gathering: None,
             finished: false,
             _slot: slot,
         }
     }
 
     /// The next piece of the body: every frame ready now, in one chunk (one write, not one per
-    /// frame); `None` ends the response.
+    /// frame); `None` ends the response. With WRITE_COALESCE_MS, a chunk of deliveries starts a
+    /// gathering: what reaches the stream until it ends costs a place in the queue, not a
+    /// wake-up and a write, and goes out in one chunk when it ends.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             // Taken whole: an idle stream keeps no buffer.
@@ -268,14 +269,29 @@ impl Writer {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     self.finished = true;
+                    // What was gathered goes out before the notice.
+                    if self.gathering.take().is_some() && self.take_waiting().is_none() {
+                        return None;
+                    }
                     let notice = Notice { text: "Server restarting, please reconnect" };
                     self.ready.push_back(frame("system", None, &notice));
                 }
-                received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH) => {
+                received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH), if self.gathering.is_none() => {
                     if received == 0 {
                         return None;
                     }
                     self.take_deliveries();
+                    self.gather();
+                }
+                () = async { self.gathering.as_mut().expect("guarded").await }, if self.gathering.is_some() => {
+                    // All that was gathered goes in one chunk, and what comes next is gathered
+                    // again; a stream that was sent nothing meanwhile stops gathering.
+                    self.gathering = None;
+                    match self.take_waiting() {
+                        None => return None,
+                        Some(0) => {}
+                        Some(_) => self.gather(),
+                    }
                 }
                 _ = self.keepalive.tick() => {
                     // An open stream keeps its session alive; a session that ended ends the stream.
@@ -286,6 +302,30 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Starts gathering what comes next, with WRITE_COALESCE_MS.
+    fn gather(&mut self) {
+        if !self.coalesce.is_zero() {
+            self.gathering = Some(Box::pin(tokio::time::sleep(self.coalesce)));
+        }
+    }
+
+    /// Makes the frames of every delivery waiting, and says how many there were; `None` if the
+    /// client was found too slow (its queue then ends, as [`Inbox::recv_many`] says; while
+    /// gathering, nothing else looks).
+    ///
+    /// [`Inbox::recv_many`]: crate::core::outbox::Inbox::recv_many
+    fn take_waiting(&mut self) -> Option<usize> {
+        if self.stream.inbox.too_slow.is_set() {
+            return None;
+        }
+        while let Some(delivery) = self.stream.inbox.try_recv() {
+            self.deliveries.push(delivery);
+        }
+        let taken = self.deliveries.len();
+        self.take_deliveries();
+        Some(taken)
     }
 
     fn take_deliveries(&mut self) {
