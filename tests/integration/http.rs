@@ -694,6 +694,70 @@ async fn a_drain_writes_what_a_stream_gathered_before_the_notice() {
 }
 
 #[tokio::test]
+async fn a_drain_writes_what_a_stream_has_waiting_before_the_notice() {
+    // 3,000 messages of 1,900 bytes: more than the sockets hold (the kernel lets a sender's
+    // buffer grow to 4 MB), less than the stream's queue.
+    let count = 3000;
+    let app = spawn_app_with(|c| {
+        c.rate_limit_burst = NonZeroU32::new(count + 1).unwrap();
+        c.send_queue_lines = 2 * count as usize;
+        c.shutdown_grace_secs = 5;
+    })
+    .await;
+    let http = Http::new(app.http);
+    let mut nc = app.login("nc").await;
+    nc.create("r").await;
+    let web = http.connect("web").await;
+    // A reader that reads nothing until the drain, with a small receive buffer: what the
+    // sockets cannot hold waits in the stream's queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = socket.connect(app.http).await.unwrap();
+    reader
+        .write_all(stream_request(&format!("/api/messages/r?sessionId={web}")).as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut reader, "event: connected").await;
+    let body = "z".repeat(1900);
+    for i in 0..count {
+        nc.send(&format!("k{i} {body}")).await;
+    }
+    // Once /list is answered, every message was handed to every member.
+    nc.send("/list").await;
+    for _ in 0..count {
+        nc.line().await;
+    }
+    nc.expect("Users in r: nc").await;
+    app.begin_shutdown();
+    let notice = "Server restarting, please reconnect";
+    let mut read = Vec::new();
+    loop {
+        let mut chunk = [0; 65536];
+        let n = tokio::time::timeout(TIMEOUT, reader.read(&mut chunk))
+            .await
+            .expect("the notice comes")
+            .unwrap();
+        assert!(n > 0, "closed before the notice");
+        read.extend_from_slice(&chunk[..n]);
+        let tail = &read[read.len().saturating_sub(n + notice.len())..];
+        if String::from_utf8_lossy(tail).contains(notice) {
+            break;
+        }
+    }
+    let read = String::from_utf8_lossy(&read);
+    let written: Vec<u32> = read
+        .split("\"content\":\"k")
+        .skip(1)
+        .map(|rest| rest[..rest.find(' ').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(
+        written,
+        (0..count).collect::<Vec<_>>(),
+        "every message, in order, before the notice"
+    );
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_exactly_the_api_routes() {
     let app = spawn_app().await;
     let http = Http::new(app.http);

@@ -269,10 +269,10 @@ impl Writer {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     self.finished = true;
-                    // What was gathered goes out before the notice.
-                    if self.gathering.take().is_some() && self.take_waiting().is_none() {
-                        return None;
-                    }
+                    // What is waiting, gathered or not, goes out before the notice (within the
+                    // listener's grace for a draining stream's writes).
+                    self.gathering = None;
+                    self.take_waiting()?;
                     let notice = Notice { text: "Server restarting, please reconnect" };
                     self.ready.push_back(frame("system", None, &notice));
                 }
