@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::http_client::Http;
+use crate::http_client::{Http, Sse};
 
 #[tokio::test]
 async fn connect_command_message_rooms_history_and_disconnect_succeed() {
@@ -632,6 +632,22 @@ async fn graceful_shutdown_ends_open_streams_with_a_notice_within_the_grace_time
     );
 }
 
+/// A netcat user `nc` in a new room `r`, and the path of a browser session's stream of it.
+async fn sender_and_room(app: &TestApp) -> (Client, String) {
+    let mut nc = app.login("nc").await;
+    nc.create("r").await;
+    let web = Http::new(app.http).connect("web").await;
+    (nc, format!("/api/messages/r?sessionId={web}"))
+}
+
+/// As [`sender_and_room`], the stream open and its `connected` event read.
+async fn sender_and_stream(app: &TestApp) -> (Client, Sse) {
+    let (nc, path) = sender_and_room(app).await;
+    let mut stream = Http::new(app.http).stream(&path, None).await;
+    stream.expect("connected").await;
+    (nc, stream)
+}
+
 #[tokio::test]
 async fn a_gathering_stream_brings_a_burst_whole_and_in_order() {
     let app = spawn_app_with(|c| {
@@ -639,14 +655,7 @@ async fn a_gathering_stream_brings_a_burst_whole_and_in_order() {
         c.write_coalesce_ms = 20;
     })
     .await;
-    let http = Http::new(app.http);
-    let mut nc = app.login("nc").await;
-    nc.create("r").await;
-    let web = http.connect("web").await;
-    let mut stream = http
-        .stream(&format!("/api/messages/r?sessionId={web}"), None)
-        .await;
-    stream.expect("connected").await;
+    let (mut nc, mut stream) = sender_and_stream(&app).await;
     let burst: String = (0..200).map(|i| format!("n{i}\n")).collect();
     nc.send_raw(burst.as_bytes()).await;
     for i in 0..200 {
@@ -668,14 +677,7 @@ async fn a_drain_writes_what_a_stream_gathered_before_the_notice() {
         c.shutdown_grace_secs = 5;
     })
     .await;
-    let http = Http::new(app.http);
-    let mut nc = app.login("nc").await;
-    nc.create("r").await;
-    let web = http.connect("web").await;
-    let mut stream = http
-        .stream(&format!("/api/messages/r?sessionId={web}"), None)
-        .await;
-    stream.expect("connected").await;
+    let (mut nc, mut stream) = sender_and_stream(&app).await;
     nc.send("m1").await;
     assert_eq!(stream.expect("message").await["content"], "m1");
     // m2 is gathered for the stream; once /list is answered, it was handed to every member.
@@ -704,17 +706,14 @@ async fn a_drain_writes_what_a_stream_has_waiting_before_the_notice() {
         c.shutdown_grace_secs = 5;
     })
     .await;
-    let http = Http::new(app.http);
-    let mut nc = app.login("nc").await;
-    nc.create("r").await;
-    let web = http.connect("web").await;
+    let (mut nc, path) = sender_and_room(&app).await;
     // A reader that reads nothing until the drain, with a small receive buffer: what the
     // sockets cannot hold waits in the stream's queue.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut reader = socket.connect(app.http).await.unwrap();
     reader
-        .write_all(stream_request(&format!("/api/messages/r?sessionId={web}")).as_bytes())
+        .write_all(stream_request(&path).as_bytes())
         .await
         .unwrap();
     read_until(&mut reader, "event: connected").await;
