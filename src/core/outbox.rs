@@ -284,6 +284,20 @@ impl Inbox {
         one.pop()
     }
 
+    /// Moves every delivery waiting into `into`, at once and without waiting, and says how many;
+    /// `None` once the receiver was found too slow (as [`Inbox::recv_many`]: what is queued is
+    /// not shown).
+    pub fn take_waiting(&self, into: &mut Vec<Delivery>) -> Option<usize> {
+        if self.queue.is_too_slow() {
+            return None;
+        }
+        Some(self.take(|items| {
+            let n = items.len();
+            into.extend(items.drain(..));
+            n
+        }))
+    }
+
     /// The next delivery if one is waiting.
     pub fn try_recv(&self) -> Option<Delivery> {
         self.take(|items| items.pop_front())

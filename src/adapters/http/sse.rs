@@ -312,18 +312,11 @@ impl Writer {
     }
 
     /// Makes the frames of every delivery waiting, and says how many there were; `None` if the
-    /// client was found too slow (its queue then ends, as [`Inbox::recv_many`] says; while
-    /// gathering, nothing else looks).
+    /// client was found too slow ([`Inbox::take_waiting`]; while gathering, nothing else looks).
     ///
-    /// [`Inbox::recv_many`]: crate::core::outbox::Inbox::recv_many
+    /// [`Inbox::take_waiting`]: crate::core::outbox::Inbox::take_waiting
     fn take_waiting(&mut self) -> Option<usize> {
-        if self.stream.inbox.too_slow.is_set() {
-            return None;
-        }
-        while let Some(delivery) = self.stream.inbox.try_recv() {
-            self.deliveries.push(delivery);
-        }
-        let taken = self.deliveries.len();
+        let taken = self.stream.inbox.take_waiting(&mut self.deliveries)?;
         self.take_deliveries();
         Some(taken)
     }

@@ -337,16 +337,10 @@ impl Connection {
         self.write_events(session, &mut events).await
     }
 
-    /// Moves every delivery waiting into `events` — unless the client was found too slow (the
-    /// queue then ends, as [`Inbox::recv_many`] says; while gathering, nothing else looks).
+    /// Moves every delivery waiting into `events` — unless the client was found too slow
+    /// ([`Inbox::take_waiting`]; while gathering, nothing else looks).
     fn take_waiting(&self, inbox: &Inbox, events: &mut Vec<Delivery>) -> Result<(), End> {
-        if self.too_slow.is_set() {
-            return Err(End::TooSlow);
-        }
-        while let Some(event) = inbox.try_recv() {
-            events.push(event);
-        }
-        Ok(())
+        inbox.take_waiting(events).map(drop).ok_or(End::TooSlow)
     }
 
     async fn write_error(&mut self, session: &Session, error: &Error) -> Result<(), End> {
