@@ -251,10 +251,11 @@ async fn a_stopped_database_fails_fast_on_both_protocols_and_the_breaker_closes_
         "liveness does not depend on the database"
     );
     let metrics = http.metrics().await;
-    assert_eq!(
-        total(&metrics, "chat_circuit_breaker_state", ""),
-        2.0,
-        "the breaker is open"
+    // 2 open, 1 half-open (the background check may be the probe by now), never 0.
+    let state = total(&metrics, "chat_circuit_breaker_state", "");
+    assert!(
+        state == 2.0 || state == 1.0,
+        "the breaker is not closed: {state}"
     );
     nc.send("/help").await;
     nc.expect("Available commands:").await; // still connected, still served
