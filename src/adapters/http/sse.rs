@@ -6,7 +6,6 @@
 //! or when its queue overflows because the client reads too slowly.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
@@ -29,7 +27,7 @@ use super::api::RoomPath;
 use super::auth::Credentials;
 use super::error::{ApiError, ApiPath, Failure, Unavailable};
 use super::listener::StreamEnd;
-use crate::adapters::Delivered;
+use crate::adapters::{Delivered, Gathering};
 use crate::core::model::{ChatMessage, Delivery, Event, Position, SessionId};
 use crate::core::names::RoomName;
 use crate::core::{Chat, Error, EventStream, Resume, Show};
@@ -210,11 +208,7 @@ struct Writer {
     delivered: Delivered,
     ready: VecDeque<Bytes>,
     deliveries: Vec<Delivery>,
-    /// WRITE_COALESCE_MS.
-    coalesce: Duration,
-    /// Set while what arrives is gathered into one chunk; boxed, so that an idle stream does not
-    /// carry a timer.
-    gathering: Option<Pin<Box<Sleep>>>,
+    gathering: Gathering,
     finished: bool,
     _slot: OwnedSemaphorePermit,
 }
@@ -236,8 +230,7 @@ impl Writer {
             delivered: Delivered::new("sse"),
             ready,
             deliveries: Vec::new(),
-            coalesce: state.write_coalesce,
-            gathering: None,
+            gathering: Gathering::new(state.write_coalesce),
             finished: false,
             _slot: slot,
         }
@@ -271,26 +264,25 @@ impl Writer {
                     self.finished = true;
                     // What is waiting, gathered or not, goes out before the notice (within the
                     // listener's grace for a draining stream's writes).
-                    self.gathering = None;
+                    self.gathering.stop();
                     self.take_waiting()?;
                     let notice = Notice { text: "Server restarting, please reconnect" };
                     self.ready.push_back(frame("system", None, &notice));
                 }
-                received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH), if self.gathering.is_none() => {
+                received = self.stream.inbox.recv_many(&mut self.deliveries, BATCH), if !self.gathering.is_on() => {
                     if received == 0 {
                         return None;
                     }
                     self.take_deliveries();
-                    self.gather();
+                    self.gathering.start();
                 }
-                () = async { self.gathering.as_mut().expect("guarded").await }, if self.gathering.is_some() => {
+                () = self.gathering.ended(), if self.gathering.is_on() => {
                     // All that was gathered goes in one chunk, and what comes next is gathered
                     // again; a stream that was sent nothing meanwhile stops gathering.
-                    self.gathering = None;
                     match self.take_waiting() {
                         None => return None,
                         Some(0) => {}
-                        Some(_) => self.gather(),
+                        Some(_) => self.gathering.start(),
                     }
                 }
                 _ = self.keepalive.tick() => {
@@ -301,13 +293,6 @@ impl Writer {
                     }
                 }
             }
-        }
-    }
-
-    /// Starts gathering what comes next, with WRITE_COALESCE_MS.
-    fn gather(&mut self) {
-        if !self.coalesce.is_zero() {
-            self.gathering = Some(Box::pin(tokio::time::sleep(self.coalesce)));
         }
     }
 

@@ -4,7 +4,6 @@
 //! A single task does all of it, so an idle connection costs one small task and no buffers: the
 //! read buffer is allocated only while bytes are waiting to be decoded.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +15,11 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
 use super::lines::{Line, LineReader, LineTooLong};
-use crate::adapters::Delivered;
+use crate::adapters::{Delivered, Gathering};
 use crate::core::model::{Broadcast, ChatMessage, Delivery, Event};
 use crate::core::outbox::{Inbox, TooSlow};
 use crate::core::{Chat, Error, Reply, Session, Show, Transport};
@@ -165,9 +163,7 @@ impl Connection {
         let shutdown = self.shutdown.clone().cancelled_owned();
         let kicked = session.kicked.clone().cancelled_owned();
         tokio::pin!(shutdown, kicked);
-        // Set while what arrives is gathered for one write (WRITE_COALESCE_MS); boxed, so that an
-        // idle connection does not carry a timer.
-        let mut gathering: Option<Pin<Box<Sleep>>> = None;
+        let mut gathering = Gathering::new(self.settings.write_coalesce);
         loop {
             let step = tokio::select! {
                 // Events first: a busy room must not be starved by a client that keeps typing.
@@ -183,16 +179,15 @@ impl Connection {
                     self.write_gathered(&mut gathering, session, &mut inbox).await?;
                     Err(End::Kicked)
                 }).await,
-                received = inbox.recv_many(&mut events, WRITE_BATCH), if gathering.is_none() => match received {
+                received = inbox.recv_many(&mut events, WRITE_BATCH), if !gathering.is_on() => match received {
                     // The queue ended: the client was found too slow (the session's own outbox
                     // keeps it from ending otherwise).
                     0 => Err(End::TooSlow),
                     _ => Box::pin(self.write_and_gather(session, &mut events, &mut gathering)).await,
                 },
-                () = async { gathering.as_mut().expect("guarded").await }, if gathering.is_some() => Box::pin(async {
+                () = gathering.ended(), if gathering.is_on() => Box::pin(async {
                     // All that was gathered goes in one write, and what comes next is gathered
                     // again; a connection that was sent nothing meanwhile stops gathering.
-                    gathering = None;
                     self.take_waiting(&inbox, &mut events)?;
                     self.write_and_gather(session, &mut events, &mut gathering).await
                 }).await,
@@ -226,7 +221,7 @@ impl Connection {
         session: &mut Session,
         in_flight: &mut FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>>,
         inbox: &mut Inbox,
-        gathering: &mut Option<Pin<Box<Sleep>>>,
+        gathering: &mut Gathering,
     ) {
         self.draining = true;
         let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
@@ -302,17 +297,15 @@ impl Connection {
         }
     }
 
-    /// Writes `events` and, with WRITE_COALESCE_MS, starts gathering what comes next: until it
-    /// is written in one go, a delivery costs a place in the queue, not a wake-up and a write.
+    /// Writes `events` and gathers what comes next (WRITE_COALESCE_MS).
     async fn write_and_gather(
         &mut self,
         session: &mut Session,
         events: &mut Vec<Delivery>,
-        gathering: &mut Option<Pin<Box<Sleep>>>,
+        gathering: &mut Gathering,
     ) -> Result<(), End> {
-        let coalesce = self.settings.write_coalesce;
-        if !events.is_empty() && !coalesce.is_zero() {
-            *gathering = Some(Box::pin(tokio::time::sleep(coalesce)));
+        if !events.is_empty() {
+            gathering.start();
         }
         self.write_events(session, events).await
     }
@@ -320,13 +313,14 @@ impl Connection {
     /// Ends a gathering, if one is on, writing what it gathered.
     async fn write_gathered(
         &mut self,
-        gathering: &mut Option<Pin<Box<Sleep>>>,
+        gathering: &mut Gathering,
         session: &mut Session,
         inbox: &mut Inbox,
     ) -> Result<(), End> {
-        match gathering.take() {
-            Some(_) => self.write_waiting(session, inbox).await,
-            None => Ok(()),
+        if gathering.stop() {
+            self.write_waiting(session, inbox).await
+        } else {
+            Ok(())
         }
     }
 
