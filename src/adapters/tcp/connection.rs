@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -428,13 +428,18 @@ impl Connection {
                 // Give the buffer back while idle; most connections are idle most of the time.
                 self.read_buf = BytesMut::new();
             }
+            // The buffer is taken only once there is something to read (an idle connection
+            // holds none). The read itself goes through `AsyncRead`, not `try_read_buf`: a read
+            // that does not fill the buffer has emptied the socket, and Tokio's `poll_read` then
+            // forgets the readiness, where `try_read_buf` keeps it until a read finds nothing —
+            // one more `recvfrom` for every line a client sends. Cancel-safe: a read either
+            // completes or takes nothing.
             self.stream.readable().await.map_err(|_| End::Client)?;
             self.read_buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.read_buf) {
+            match self.stream.read_buf(&mut self.read_buf).await {
                 // End of input: a last line without a newline still counts.
                 Ok(0) => return self.lines.last(&mut self.read_buf).ok_or(End::Client),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(End::Client),
             }
         }
