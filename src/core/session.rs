@@ -125,8 +125,10 @@ pub struct Session {
     /// A detached session's record's `(revision, joined)`, as loaded (see
     /// [`SessionRecord::revision`]).
     pub(super) stamps: (u64, u64),
-    /// A live session: cancelled when the pod can no longer vouch for its nickname.
-    pub kicked: CancellationToken,
+    /// A live session: cancelled when the pod can no longer vouch for its nickname (the session
+    /// is kicked) or when the pod stops — one token, a child of the pod's, so that a connection
+    /// waits on one signal of its own instead of also polling the one every connection shares.
+    pub ended: CancellationToken,
     /// A detached session: nicknames it gave up during this request, released once it is saved.
     pub(super) given_up: Vec<Nickname>,
 }
@@ -137,6 +139,7 @@ impl Session {
         outbox: Outbox,
         per_sec: NonZeroU32,
         burst: NonZeroU32,
+        ended: CancellationToken,
     ) -> Self {
         Session {
             id: outbox.session,
@@ -150,7 +153,7 @@ impl Session {
             )),
             version: 0,
             stamps: (0, 0),
-            kicked: CancellationToken::new(),
+            ended,
             given_up: Vec::new(),
         }
     }
@@ -169,7 +172,7 @@ impl Session {
             limiter: None,
             version,
             stamps: (record.revision, record.joined),
-            kicked: CancellationToken::new(),
+            ended: CancellationToken::new(),
             given_up: Vec::new(),
         }
     }

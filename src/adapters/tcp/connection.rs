@@ -79,7 +79,7 @@ pub async fn serve(
     settings: Arc<Settings>,
     shutdown: CancellationToken,
 ) {
-    let (mut session, inbox) = chat.open(Transport::Tcp);
+    let (mut session, inbox) = chat.open(Transport::Tcp, &shutdown);
     let mut conn = Connection {
         stream,
         delivered: Delivered::new("tcp"),
@@ -158,27 +158,27 @@ impl Connection {
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Result<ChatMessage, Error>>> =
             FuturesOrdered::new();
         // Made once, not at every turn of the loop: each one made registers a waiter with its
-        // token (the shutdown token is shared by every connection of the pod) and removes it when
-        // dropped. (Each poll still checks its token.)
-        let shutdown = self.shutdown.clone().cancelled_owned();
-        let kicked = session.kicked.clone().cancelled_owned();
-        tokio::pin!(shutdown, kicked);
+        // token and removes it when dropped. The session's own token (ended by a drain or a kick)
+        // is polled at every turn, not the pod's shutdown token, which every connection shares.
+        let ended = session.ended.clone().cancelled_owned();
+        tokio::pin!(ended);
         let mut gathering = Gathering::new(self.settings.write_coalesce);
         loop {
             let step = tokio::select! {
                 // Events first: a busy room must not be starved by a client that keeps typing.
                 biased;
-                _ = &mut shutdown => {
+                _ = &mut ended => if self.shutdown.is_cancelled() {
                     // Every message the client sent is answered — echoed or refused — before the
                     // drain notice: an acknowledgement in flight is not dropped.
                     Box::pin(self.settle(session, &mut in_flight, &mut inbox, &mut gathering)).await;
                     Err(End::Shutdown)
-                }
-                _ = &mut kicked => Box::pin(async {
-                    self.draining = true;
-                    self.write_gathered(&mut gathering, session, &mut inbox).await?;
-                    Err(End::Kicked)
-                }).await,
+                } else {
+                    Box::pin(async {
+                        self.draining = true;
+                        self.write_gathered(&mut gathering, session, &mut inbox).await?;
+                        Err(End::Kicked)
+                    }).await
+                },
                 received = inbox.recv_many(&mut events, WRITE_BATCH), if !gathering.is_on() => match received {
                     // The queue ended: the client was found too slow (the session's own outbox
                     // keeps it from ending otherwise).

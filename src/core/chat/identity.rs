@@ -20,8 +20,9 @@ use crate::telemetry::metric;
 const CLOSE_BUDGET: Duration = Duration::from_millis(500);
 
 impl Chat {
-    /// A new, anonymous live session and the queue its events arrive in.
-    pub fn open(&self, transport: Transport) -> (Session, Inbox) {
+    /// A new, anonymous live session and the queue its events arrive in. The session's `ended`
+    /// is cancelled when `stopping` is (the pod draining) or when the session is kicked.
+    pub fn open(&self, transport: Transport, stopping: &CancellationToken) -> (Session, Inbox) {
         let id = SessionId::random();
         let (outbox, inbox) = queue(id, id, self.limits.send_queue);
         let session = Session::live(
@@ -29,11 +30,12 @@ impl Chat {
             outbox,
             self.limits.rate_per_sec,
             self.limits.rate_burst,
+            stopping.child_token(),
         );
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, session.kicked.clone());
+            .insert(id, session.ended.clone());
         self.count_connection(transport.label(), true);
         (session, inbox)
     }

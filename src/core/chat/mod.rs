@@ -579,7 +579,7 @@ mod tests {
     }
 
     async fn live(chat: &Chat, nick: &str) -> (Session, Inbox) {
-        let (mut session, inbox) = chat.open(Transport::Tcp);
+        let (mut session, inbox) = chat.open(Transport::Tcp, &CancellationToken::new());
         chat.login(&mut session, nick).await.unwrap();
         (session, inbox)
     }
@@ -674,7 +674,7 @@ mod tests {
             lines(&mut bob, &mut bob_in),
             ["[system] ann is now known as anne"]
         );
-        let (mut newcomer, _) = chat.open(Transport::Tcp);
+        let (mut newcomer, _) = chat.open(Transport::Tcp, &CancellationToken::new());
         assert!(matches!(
             chat.login(&mut newcomer, "ANNE").await,
             Err(Error::NicknameInUse(_))
@@ -729,6 +729,24 @@ mod tests {
             chat.post(web.id, "new", Some("k2")).await,
             Err(Error::NotInRoom)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_live_session_ends_when_its_pod_stops_or_it_is_kicked_and_only_it() {
+        let chat = chat();
+        let stopping = CancellationToken::new();
+        let (kicked, _) = chat.open(Transport::Tcp, &stopping);
+        let (other, _) = chat.open(Transport::Tcp, &stopping);
+        let (revoke, revoked) = tokio::sync::mpsc::unbounded_channel();
+        revoke.send(kicked.id).unwrap();
+        drop(revoke);
+        chat.clone()
+            .run_revocations(revoked, CancellationToken::new())
+            .await;
+        assert!(kicked.ended.is_cancelled(), "kicked");
+        assert!(!other.ended.is_cancelled(), "another session is not");
+        stopping.cancel();
+        assert!(other.ended.is_cancelled(), "the pod stopping ends it");
     }
 
     #[tokio::test]
